@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each does all of its own set-up.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data demo test lint bench
+
+setup: $(STAMP)
+
+# torch==2.13.0 is the CPU build on this machine's disk: it is installed first, so that the
+# project's `torch>=2.3` is already met and pip never pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[onnx,dev]'
+	touch $@
+
+data:
+	@if [ -f $(FMNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)); \
+	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'"; fi
+
+demo: setup data
+	$(VENV)/bin/compactcnn table alexnet
+
+test: setup data
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest
+
+bench: setup data
+	$(PY) benchmarks/prox_step.py
