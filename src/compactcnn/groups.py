@@ -236,3 +236,26 @@ def neuron_groups(model: nn.Module, example_input: Tensor, *, full: bool = False
 def describe(groups: Sequence[NeuronGroup]) -> str:
     """A readable listing of every group, for ``--show-groups`` and debugging."""
     return "\n".join(g.describe() for g in groups)
+
+
+def grouped_conv_blocks(group: tp.dependency.Group) -> list[Tensor]:
+    """For each grouped convolution in a torch-pruning group, the block of each root neuron.
+
+    A grouped convolution must keep equal groups, so whatever is removed from its inputs or
+    outputs must come evenly from these blocks. (torch-pruning slices grouped convolutions'
+    inputs as if they were contiguous, which is wrong for uneven patterns; we decide the
+    indices ourselves so that its surgery only ever sees even ones.)
+    """
+    blocks = []
+    for item in group:
+        m = item.dep.target.module
+        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1 \
+                or m.groups == m.out_channels == m.in_channels:
+            continue
+        channels = m.out_channels if item.dep.handler is tp.prune_conv_out_channels \
+            else m.in_channels
+        per_block = channels // m.groups
+        block = torch.empty(len(item.root_idxs), dtype=torch.long)
+        block[torch.tensor(item.root_idxs)] = torch.tensor(item.idxs) // per_block
+        blocks.append(block)
+    return blocks
