@@ -59,6 +59,52 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from compactcnn import report
+    from compactcnn.config import config_from
+    from compactcnn.pipeline import run
+
+    cfg = config_from(args)
+    result = run(cfg, Path(args.out), resuming=args.resume)
+    print(json.dumps(result, indent=2) if args.json else report.summary(result))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from compactcnn import report
+
+    result = report.read(args.run)
+    print(json.dumps(result, indent=2) if args.json else report.summary(result))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from compactcnn import export
+    from compactcnn.sources import resolve
+
+    if not (args.onnx or args.torchscript):
+        raise CompactCNNError("export: name at least one of --onnx FILE, --torchscript FILE")
+    source = Path(args.source)
+    model_file = source / "model.safetensors" if source.is_dir() else source
+    model, shape, _ = resolve(str(model_file))
+    result: dict = {"model": str(model_file)}
+    if args.onnx:
+        out = _fresh_output(args.onnx, args.force)
+        result["onnx"] = {"file": str(out), "max_abs_diff": export.to_onnx(model, shape, out)}
+    if args.torchscript:
+        out = _fresh_output(args.torchscript, args.force)
+        result["torchscript"] = {"file": str(out),
+                                 "max_abs_diff": export.to_torchscript(model, shape, out)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for kind in ("onnx", "torchscript"):
+            if kind in result:
+                r = result[kind]
+                print(f"wrote {r['file']}: max |{kind} - pytorch| = {r['max_abs_diff']:.3g}")
+    return 0
+
+
 def _fresh_output(path: str, force: bool) -> Path:
     out = Path(path)
     if out.exists() and not force:
@@ -92,7 +138,50 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=_compact)
+    _train_parser(sub)
+
+    r = sub.add_parser("report", help="print the report of a finished run")
+    r.add_argument("run", help="a run folder (or its report.json)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(run=_report)
+
+    e = sub.add_parser("export", help="export a compact model to ONNX or TorchScript")
+    e.add_argument("source", help="a run folder or a model file")
+    e.add_argument("--onnx", metavar="FILE", help="write ONNX and check it with ONNX Runtime")
+    e.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript file")
+    e.add_argument("--force", action="store_true", help="replace existing files")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(run=_export)
     return parser
+
+
+def _train_parser(sub) -> None:
+    from compactcnn.training import REGULARISERS
+
+    t = sub.add_parser("train", help="train with sparse constraints, compact, report")
+    t.add_argument("--config", metavar="FILE.toml", help="options from a TOML file; the "
+                   "command line wins")
+    t.add_argument("--model", help="zoo name (default lenet5)")
+    t.add_argument("--data", help="fashion-mnist, folder:PATH or synthetic")
+    t.add_argument("--data-dir", help="another copy of the Fashion-MNIST IDX files")
+    t.add_argument("--reg", choices=REGULARISERS, help="the sparse constraint (default group)")
+    t.add_argument("--lam", type=float, help="penalty weight (default 3e-4)")
+    t.add_argument("--lam1", type=float, help="l1 weight of sparse-group")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--finetune-epochs", type=int, help="train the compact model N more epochs")
+    t.add_argument("--optimizer", choices=["sgd", "adam"])
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--limit", type=int, help="use only the first N training images")
+    t.add_argument("--test-limit", type=int, help="use only the first N test images")
+    t.add_argument("--warmup-epochs", type=float, help="ramp lam from 0 over these epochs")
+    t.add_argument("--augment", action="store_true", default=None)
+    t.add_argument("--out", required=True, help="the run folder, e.g. runs/lenet5")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(run=_train)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
