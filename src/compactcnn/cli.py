@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,7 +66,12 @@ def _train(args: argparse.Namespace) -> int:
     from compactcnn.pipeline import run
 
     cfg = config_from(args)
-    result = run(cfg, Path(args.out), resuming=args.resume)
+    try:
+        result = run(cfg, Path(args.out), resuming=args.resume)
+    except KeyboardInterrupt:
+        print(f"compactcnn: interrupted; the checkpoint of the last finished epoch is in "
+              f"{args.out}. Resume with the same options plus --resume.", file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2) if args.json else report.summary(result))
     return 0
 
@@ -73,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from compactcnn import report
 
-    result = report.read(args.run)
+    result = report.read(args.run_dir)
     print(json.dumps(result, indent=2) if args.json else report.summary(result))
     return 0
 
@@ -141,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
 
     r = sub.add_parser("report", help="print the report of a finished run")
-    r.add_argument("run", help="a run folder (or its report.json)")
+    r.add_argument("run_dir", metavar="RUN", help="a run folder (or its report.json)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(run=_report)
 
@@ -187,14 +193,17 @@ def _train_parser(sub) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        run: Callable[[argparse.Namespace], int] = args.run
-        return run(args)
+        command: Callable[[argparse.Namespace], int] = args.run
+        return command(args)
     except CompactCNNError as e:
         print(f"compactcnn: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("compactcnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `compactcnn report RUN | head`: the reader left, not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 if __name__ == "__main__":

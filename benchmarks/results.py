@@ -1,0 +1,74 @@
+"""Full Fashion-MNIST runs: a dense baseline and group lasso at several lam, same epochs.
+
+Each row is one ``compactcnn train`` command (printed in the table), so any row can be
+reproduced on its own. Finished runs are reused, so an interrupted sweep can be re-run.
+
+    python benchmarks/results.py --model lenet5 --epochs 12 --lams 0 1e-3 2e-3 4e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from compactcnn import report
+from compactcnn.io import atomic_write
+from compactcnn.pipeline import run
+from compactcnn.training import TrainConfig
+
+
+def command(cfg: TrainConfig, out: Path) -> str:
+    parts = ["compactcnn train", f"--model {cfg.model}", f"--data {cfg.data}",
+             f"--reg {cfg.reg}", f"--lam {cfg.lam:g}", f"--epochs {cfg.epochs}",
+             f"--finetune-epochs {cfg.finetune_epochs}", f"--seed {cfg.seed}", f"--out {out}"]
+    return " ".join(parts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="lenet5")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--lams", type=float, nargs="+", default=[0, 1e-3, 2e-3, 4e-3])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=Path, default=Path("runs/results"))
+    args = p.parse_args()
+
+    rows = []
+    for lam in args.lams:
+        reg = "group" if lam > 0 else "none"
+        # The dense baseline trains for as many epochs in all as the sparse runs do.
+        epochs = args.epochs if lam > 0 else args.epochs + args.finetune_epochs
+        cfg = TrainConfig(model=args.model, reg=reg, lam=lam, epochs=epochs,
+                          finetune_epochs=args.finetune_epochs if lam > 0 else 0,
+                          seed=args.seed)
+        out = args.runs / f"{args.model}-{reg}-{lam:g}"
+        result = report.read(out) if (out / report.REPORT).exists() else run(cfg, out)
+        rows.append((cfg, out, result))
+
+    dense_acc = next((r["accuracy"] for c, _, r in rows if c.reg == "none"), None)
+    lines = [f"| run | accuracy | Δ vs dense | parameters | memory (B) | FLOPs | "
+             f"neurons per layer | command |", "|---|---|---|---|---|---|---|---|"]
+    for cfg, out, r in rows:
+        d, c = r["dense"], r["compact"]
+        delta = f"{100 * (r['accuracy'] - dense_acc):+.2f} pt" if dense_acc is not None else "-"
+        neurons = "-".join(str(x["neurons_after"]) for x in r["layers"])
+        label = "dense" if cfg.reg == "none" else f"group λ={cfg.lam:g}"
+        lines.append(f"| {label} | {100 * r['accuracy']:.2f}% | {delta} | "
+                     f"{c['params']:,} ({c['params'] / d['params']:.1%}) | "
+                     f"{c['memory_bytes']:,} | {c['flops']:,} ({c['flops'] / d['flops']:.1%}) | "
+                     f"{neurons} | `{command(cfg, out)}` |")
+    table = "\n".join(lines)
+    print(table)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.runs / f"{args.model}.md", table + "\n")
+    atomic_write(args.runs / f"{args.model}.json",
+                 json.dumps([{"config": r["model"], "lam": c.lam, "reg": c.reg,
+                              "accuracy": r["accuracy"], "dense": r["dense"]["params"],
+                              "compact": r["compact"]["params"],
+                              "layers": r["layers"]} for c, _, r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
