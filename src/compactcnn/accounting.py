@@ -48,12 +48,14 @@ class LayerRow:
     norm_per_neuron: int
     out_hw: int
     other_params: int = 0
+    depth: int = 1  # the third kernel side of a 3-D convolution (not a column of the table)
 
     @property
     def params(self) -> int:
         if self.kind == "other":
             return self.other_params + self.output * self.norm_per_neuron
-        per_neuron = self.width * self.height * self.input + self.bias + self.norm_per_neuron
+        per_neuron = (self.width * self.height * self.depth * self.input + self.bias
+                      + self.norm_per_neuron)
         return self.output * per_neuron
 
     @property
@@ -146,14 +148,19 @@ def _trace(model: nn.Module, x: Tensor) -> list[LayerRow]:
 
     def prunable_hook(name: str):
         def hook(m: nn.Module, inputs, out: Tensor) -> None:
-            chw = watch.origin.get(id(inputs[0]))
+            chw = watch.origin.get(id(inputs[0])) if inputs else None
+            # A layer's output is never a flattened map, even when it has the same shape as
+            # its input (a square linear layer right after a flatten).
+            watch.origin.pop(id(out), None)
             if isinstance(m, nn.Linear):
                 c, h, w = chw if chw else (m.in_features, 1, 1)
                 rows[name] = dict(kind="linear", width=w, height=h, input=c,
-                                  output=m.out_features, groups=1, out_hw=1)
+                                  output=m.out_features, groups=1,
+                                  out_hw=math.prod(out.shape[1:-1]))
             else:
                 k = m.kernel_size
-                rows[name] = dict(kind="conv", width=k[-1], height=k[0] if len(k) > 1 else 1,
+                rows[name] = dict(kind="conv", width=k[-1], height=k[-2] if len(k) > 1 else 1,
+                                  depth=math.prod(k[:-2]),
                                   input=m.in_channels // m.groups, output=m.out_channels,
                                   groups=m.groups, out_hw=math.prod(out.shape[2:]))
             rows[name].update(bias=m.bias is not None, norm_per_neuron=0)
@@ -162,7 +169,7 @@ def _trace(model: nn.Module, x: Tensor) -> list[LayerRow]:
         return hook
 
     def norm_hook(m: nn.Module, inputs, out: Tensor) -> None:
-        owner = producer_of.get(id(inputs[0]))
+        owner = producer_of.get(id(inputs[0])) if inputs else None
         n_params = sum(p.numel() for p in m.parameters(recurse=False))
         if owner and n_params % max(rows[owner]["output"], 1) == 0 and m not in claimed:
             rows[owner]["norm_per_neuron"] += n_params // rows[owner]["output"]
@@ -186,7 +193,9 @@ def _trace(model: nn.Module, x: Tensor) -> list[LayerRow]:
     out = [LayerRow(name=n, **r) for n, r in rows.items()]
     for name, m in model.named_modules():
         own = list(m.parameters(recurse=False))
-        if own and not isinstance(m, PRUNABLE) and m not in claimed:
+        # A layer that the forward pass never ran (an auxiliary head, say) has no traced
+        # shape; its parameters still count, as parameters outside any traced neuron.
+        if own and m not in claimed and name not in rows:
             out.append(_other_row(name, own))
     return out
 
@@ -211,11 +220,22 @@ def neuron_table(model: nn.Module, input_shape: tuple[int, int, int],
                  name: str = "model") -> NeuronTable:
     """Trace ``model`` on one input of ``input_shape`` (C, H, W) and list its layers."""
     try:
-        rows = _trace(model, example_input(input_shape))
+        rows = _trace(model, _input_for(model, input_shape))
     except RuntimeError as e:
         raise CompactCNNError(f"{name} does not accept input {list(input_shape)}: "
                               f"{str(e).splitlines()[0]}") from None
+    if not any(r.kind != "other" for r in rows):
+        raise CompactCNNError(f"{name} has no convolution or linear layer to tabulate")
     return NeuronTable(name, tuple(input_shape), tuple(rows))
+
+
+def _input_for(model: nn.Module, input_shape: tuple[int, ...]) -> Tensor:
+    """:func:`example_input` on the model's device, so that a model built on the ``meta``
+    device can be counted without allocating its weights."""
+    x = example_input(input_shape)
+    for t in (*model.parameters(), *model.buffers()):
+        return x.to(t.device)
+    return x
 
 
 def parse_removals(specs: list[str]) -> dict[str, int]:
@@ -223,10 +243,15 @@ def parse_removals(specs: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for spec in specs:
         layer, sep, n = spec.partition("=")
-        if not sep or not layer or not n.strip().isdigit():
+        if not sep or not layer or not _is_count(n.strip()):
             raise CompactCNNError(f"malformed --remove '{spec}': expected LAYER=N, e.g. conv5=10")
         out[layer] = out.get(layer, 0) + int(n)
     return out
+
+
+def _is_count(text: str) -> bool:
+    """Plain ASCII digits: ``str.isdigit`` also accepts "²", which ``int`` then refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def cascade(model: nn.Module, table: NeuronTable, remove: Mapping[str, int]) -> NeuronTable:
@@ -237,7 +262,7 @@ def cascade(model: nn.Module, table: NeuronTable, remove: Mapping[str, int]) -> 
     flatten, or N / groups per neuron of a grouped convolution. Neurons are taken evenly
     from the groups of a grouped convolution, as the physical removal must.
     """
-    x = example_input(table.input)
+    x = _input_for(model, table.input)
     graph = dependency_graph(model, x)
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
@@ -303,7 +328,7 @@ def flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_input(input_shape))
+            model(_input_for(model, input_shape))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

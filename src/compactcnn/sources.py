@@ -18,7 +18,8 @@ from compactcnn.errors import CompactCNNError
 def parse_input(text: str) -> tuple[int, int, int]:
     """``"3,227,227"`` -> ``(3, 227, 227)``."""
     parts = text.replace("x", ",").split(",")
-    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != 3 or not all(p.strip().isascii() and p.strip().isdigit() and int(p) > 0
+                                  for p in parts):
         raise CompactCNNError(f"malformed --input '{text}': expected C,H,W such as 3,227,227")
     c, h, w = (int(p) for p in parts)
     return c, h, w
@@ -32,9 +33,14 @@ def resolve(name: str, *, classes: int | None = None,
     A file or import path is tried first only when it looks like one, so that a typo in a zoo
     name gets the list of valid names rather than "no such file".
     """
-    if ":" in name and not Path(name).exists():
+    path = Path(name)
+    if ":" in name and not path.exists():
         return _imported(name, classes, input_shape)
-    if Path(name).suffix or Path(name).exists():
+    # A folder is never a model file; one that happens to share a zoo name leaves the zoo
+    # model reachable.
+    if path.is_dir() and name not in models.names():
+        raise CompactCNNError(f"{name} is a folder, not a model file")
+    if path.is_file() or (path.suffix and not path.is_dir()):
         model = io.load(name)
         spec = io.spec_of(model)
         shape = input_shape or (spec["in_channels"], spec["input_size"], spec["input_size"])
