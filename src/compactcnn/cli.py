@@ -29,7 +29,7 @@ def _table(args: argparse.Namespace) -> int:
     from compactcnn.accounting import cascade, format_table, neuron_table, parse_removals
     from compactcnn.sources import parse_input, resolve
 
-    shape = parse_input(args.input) if args.input else None
+    shape = parse_input(args.input) if args.input is not None else None
     removals = parse_removals(args.remove)
     model, shape, name = resolve(args.model, classes=args.classes, input_shape=shape)
     table = neuron_table(model, shape, name)
@@ -86,12 +86,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from compactcnn import export
+    from compactcnn.pipeline import run_file
     from compactcnn.sources import resolve
 
     if not (args.onnx or args.torchscript):
         raise CompactCNNError("export: name at least one of --onnx FILE, --torchscript FILE")
     source = Path(args.source)
-    model_file = source / "model.safetensors" if source.is_dir() else source
+    model_file = run_file(source, "model.safetensors") if source.is_dir() else source
     model, shape, _ = resolve(str(model_file))
     result: dict = {"model": str(model_file)}
     if args.onnx:

@@ -25,6 +25,14 @@ from compactcnn.training import (
 )
 
 
+def run_file(run_dir: Path, name: str) -> Path:
+    """A file of a run folder, refused if a link makes it point outside the folder."""
+    path = run_dir / name
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise CompactCNNError(f"{path} points outside its run folder; refusing to follow it")
+    return path
+
+
 def prepare_run_dir(out: Path, resuming: bool) -> None:
     """Refuse to overwrite a finished or started run unless resuming it."""
     if resuming:

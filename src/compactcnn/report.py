@@ -25,8 +25,10 @@ def write(report: dict[str, Any], run_dir: Path) -> None:
 
 
 def read(run_dir: str | Path) -> dict[str, Any]:
+    from compactcnn.pipeline import run_file
+
     path = Path(run_dir)
-    path = path / REPORT if path.is_dir() else path
+    path = run_file(path, REPORT) if path.is_dir() else path
     if not path.is_file():
         raise CompactCNNError(f"no report at {path}: is it a finished run folder?")
     try:

@@ -9,9 +9,11 @@ same weights an uninterrupted run would reach: each epoch's batch order depends 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,7 @@ class Session:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     history: list[dict[str, Any]]
     epoch: int = 0
+    progress: Progress = field(default_factory=lambda: Progress())
 
 
 def build(cfg: TrainConfig) -> Session:
@@ -165,14 +168,65 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple
     return loss / max(seen, 1), correct / max(seen, 1)
 
 
+@dataclass
+class Progress:
+    """How far the current epoch has got: what a mid-epoch checkpoint must remember."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+class _StopOnSigint:
+    """The first Ctrl-C asks the loop to stop after the current batch; a second stops now.
+
+    Stopping between batches means the checkpoint never holds a half-applied step.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this batch (Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> _StopOnSigint:
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Interrupted(Exception):
+    """Raised by :func:`run_epoch` when a stop was requested; ``Progress`` says where."""
+
+
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
-              desc: str, status: Callable[[], str] = lambda: "") -> tuple[float, float]:
-    """One pass over ``loader``; returns (mean loss, accuracy) on the training batches."""
+              desc: str, status: Callable[[], str] = lambda: "",
+              progress: Progress | None = None,
+              stop: Callable[[], bool] = lambda: False) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy) on the training batches.
+
+    With a ``progress`` from an interrupted pass, its first ``progress.batches`` batches are
+    skipped: the loader yields the same batches in the same order, so the pass continues
+    exactly where it stopped.
+    """
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    p = progress or Progress()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
-    for x, y in bar:
+    for k, (x, y) in enumerate(bar):
+        if k < p.batches:
+            continue
+        start = time.perf_counter()
         optimizer.zero_grad()
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -182,41 +236,56 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.item() * len(y)
-        correct += (out.argmax(1) == y).sum().item()
-        seen += len(y)
-        bar.set_postfix_str(f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f} {status()}",
-                            refresh=False)
-    for p in model.parameters():
-        if not torch.isfinite(p).all():
+        p.batches += 1
+        p.loss_sum += loss.item() * len(y)
+        p.correct += (out.argmax(1) == y).sum().item()
+        p.seen += len(y)
+        p.seconds += time.perf_counter() - start
+        bar.set_postfix_str(f"loss {p.loss_sum / p.seen:.3f} acc {p.correct / p.seen:.3f} "
+                            f"{status()}", refresh=False)
+        if stop():
+            raise Interrupted
+    for param in model.parameters():
+        if not torch.isfinite(param).all():
             raise CompactCNNError(f"{desc}: a weight became NaN or inf; lower --lr or --lam "
                                   "(the last good checkpoint is kept)")
-    return loss_sum / max(seen, 1), correct / max(seen, 1)
+    return p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1)
 
 
 def train(session: Session, run_dir: Path) -> Session:
-    """Train from ``session.epoch`` to the configured number of epochs, checkpointing each."""
+    """Train from where ``session`` stands to the configured number of epochs.
+
+    A checkpoint is written after every epoch, and on Ctrl-C after the current batch, and
+    then KeyboardInterrupt is raised for the caller to report.
+    """
     cfg = session.cfg
 
     def status() -> str:
         live = live_neurons(session)
         return f"live {sum(live.values())}" if live else ""
 
-    while session.epoch < cfg.epochs:
-        e = session.epoch
-        start = time.perf_counter()
-        loader = epoch_loader(session.splits.train, cfg.batch_size, cfg.seed, e, cfg.augment)
-        loss, acc = run_epoch(session.model, session.optimizer, session.scheduler, loader,
-                              f"epoch {e + 1}/{cfg.epochs}", status)
-        val_loss, val_acc = evaluate(session.model, session.splits.val)
-        session.history.append({"epoch": e + 1, "loss": loss, "accuracy": acc,
-                                "val_loss": val_loss, "val_accuracy": val_acc,
-                                "live": live_neurons(session),
-                                "seconds": time.perf_counter() - start})
-        session.epoch = e + 1
-        save_checkpoint(session, run_dir / CHECKPOINT)
-        tqdm.write(f"epoch {e + 1}/{cfg.epochs}  loss {loss:.4f}  acc {acc:.4f}  "
-                   f"val {val_acc:.4f}  {status()}")
+    with _StopOnSigint() as sigint:
+        while session.epoch < cfg.epochs:
+            e = session.epoch
+            loader = epoch_loader(session.splits.train, cfg.batch_size, cfg.seed, e,
+                                  cfg.augment)
+            try:
+                loss, acc = run_epoch(session.model, session.optimizer, session.scheduler,
+                                      loader, f"epoch {e + 1}/{cfg.epochs}", status,
+                                      session.progress, lambda: sigint.requested)
+            except Interrupted:
+                save_checkpoint(session, run_dir / CHECKPOINT)
+                raise KeyboardInterrupt from None
+            start = time.perf_counter()
+            val_loss, val_acc = evaluate(session.model, session.splits.val)
+            session.history.append({
+                "epoch": e + 1, "loss": loss, "accuracy": acc, "val_loss": val_loss,
+                "val_accuracy": val_acc, "live": live_neurons(session),
+                "seconds": session.progress.seconds + time.perf_counter() - start})
+            session.epoch, session.progress = e + 1, Progress()
+            save_checkpoint(session, run_dir / CHECKPOINT)
+            tqdm.write(f"epoch {e + 1}/{cfg.epochs}  loss {loss:.4f}  acc {acc:.4f}  "
+                       f"val {val_acc:.4f}  {status()}")
     return session
 
 
@@ -246,6 +315,7 @@ def replace_lr(cfg: TrainConfig, lr: float) -> TrainConfig:
 def save_checkpoint(session: Session, path: Path) -> None:
     checkpoint.save(path, {
         "config": asdict(session.cfg), "epoch": session.epoch, "history": session.history,
+        "progress": asdict(session.progress),
         "model": session.model.state_dict(), "optimizer": session.optimizer.state_dict(),
         "scheduler": session.scheduler.state_dict(), "rng": torch.get_rng_state()})
 
@@ -270,4 +340,5 @@ def resume(cfg: TrainConfig, path: Path) -> Session:
     torch.set_rng_state(state["rng"])
     session.history = state["history"]
     session.epoch = state["epoch"]
+    session.progress = Progress(**state["progress"])
     return session
