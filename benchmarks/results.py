@@ -15,13 +15,17 @@ from pathlib import Path
 from compactcnn import report
 from compactcnn.io import atomic_write
 from compactcnn.pipeline import run
-from compactcnn.training import TrainConfig
+from compactcnn.training import TrainConfig, pick_device
 
 
-def command(cfg: TrainConfig, out: Path) -> str:
+def command(cfg: TrainConfig, out: Path, device: str) -> str:
     parts = ["compactcnn train", f"--model {cfg.model}", f"--data {cfg.data}",
              f"--reg {cfg.reg}", f"--lam {cfg.lam:g}", f"--epochs {cfg.epochs}",
              f"--finetune-epochs {cfg.finetune_epochs}", f"--seed {cfg.seed}", f"--out {out}"]
+    if cfg.data_dir:
+        parts.append(f"--data-dir {cfg.data_dir}")
+    if device != "cpu":
+        parts.append(f"--device {device}")
     return " ".join(parts)
 
 
@@ -33,7 +37,10 @@ def main() -> None:
     p.add_argument("--lams", type=float, nargs="+", default=[0, 1e-3, 2e-3, 4e-3])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=Path, default=Path("runs/results"))
+    p.add_argument("--data-dir", help="another copy of the Fashion-MNIST IDX files")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (training only)")
     args = p.parse_args()
+    device = pick_device(args.device)
 
     rows = []
     for lam in args.lams:
@@ -42,14 +49,15 @@ def main() -> None:
         epochs = args.epochs if lam > 0 else args.epochs + args.finetune_epochs
         cfg = TrainConfig(model=args.model, reg=reg, lam=lam, epochs=epochs,
                           finetune_epochs=args.finetune_epochs if lam > 0 else 0,
-                          seed=args.seed)
+                          seed=args.seed, data_dir=args.data_dir)
         out = args.runs / f"{args.model}-{reg}-{lam:g}"
-        result = report.read(out) if (out / report.REPORT).exists() else run(cfg, out)
+        done = (out / report.REPORT).exists()
+        result = report.read(out) if done else run(cfg, out, device=device)
         rows.append((cfg, out, result))
 
     dense_acc = next((r["accuracy"] for c, _, r in rows if c.reg == "none"), None)
-    lines = [f"| run | accuracy | Δ vs dense | parameters | memory (B) | FLOPs | "
-             f"neurons per layer | command |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | accuracy | Δ vs dense | parameters | memory (B) | FLOPs | "
+             "neurons per layer | seconds | command |", "|---|---|---|---|---|---|---|---|---|"]
     for cfg, out, r in rows:
         d, c = r["dense"], r["compact"]
         delta = f"{100 * (r['accuracy'] - dense_acc):+.2f} pt" if dense_acc is not None else "-"
@@ -58,7 +66,7 @@ def main() -> None:
         lines.append(f"| {label} | {100 * r['accuracy']:.2f}% | {delta} | "
                      f"{c['params']:,} ({c['params'] / d['params']:.1%}) | "
                      f"{c['memory_bytes']:,} | {c['flops']:,} ({c['flops'] / d['flops']:.1%}) | "
-                     f"{neurons} | `{command(cfg, out)}` |")
+                     f"{neurons} | {r['train_seconds']:.0f} | `{command(cfg, out, args.device)}` |")
     table = "\n".join(lines)
     print(table)
     args.runs.mkdir(parents=True, exist_ok=True)

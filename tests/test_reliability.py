@@ -21,8 +21,9 @@ from compactcnn import checkpoint, io, models, training
 from compactcnn.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TRAIN = ["train", "--model", "lenet5", "--data", "synthetic", "--epochs", "5",
-         "--batch-size", "32", "--lr", "0.01", "--lam", "2e-3", "--seed", "1"]
+TRAIN = ["train", "--model", "lenet5", "--data", "synthetic", "--limit", "800",
+         "--test-limit", "200", "--epochs", "6", "--batch-size", "32", "--lr", "0.01",
+         "--lam", "2e-3", "--seed", "1"]
 
 
 def cli(*args: str) -> subprocess.Popen:
@@ -58,7 +59,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(uninterrup
     for _ in range(3):
         resume = ["--resume"] if ckpt.exists() else []
         p = cli(*TRAIN, "--out", str(out), *resume)
-        time.sleep(rng.uniform(4.0, 9.0))
+        time.sleep(rng.uniform(3.0, 7.0))
         p.kill()
         p.communicate()
         if ckpt.exists():
@@ -73,9 +74,8 @@ def test_sigint_saves_mid_epoch_and_resume_gives_the_same_weights(uninterrupted,
     p = cli(*TRAIN, "--out", str(out))
     deadline = time.time() + 120
     while not (out / "checkpoint.safetensors").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.7)  # into the second epoch
-    p.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)  # early in the second epoch
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err

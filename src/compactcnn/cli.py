@@ -64,10 +64,12 @@ def _train(args: argparse.Namespace) -> int:
     from compactcnn import report
     from compactcnn.config import config_from
     from compactcnn.pipeline import run
+    from compactcnn.training import pick_device
 
     cfg = config_from(args)
+    device = pick_device(args.device)
     try:
-        result = run(cfg, Path(args.out), resuming=args.resume)
+        result = run(cfg, Path(args.out), resuming=args.resume, device=device)
     except KeyboardInterrupt:
         print(f"compactcnn: interrupted; the checkpoint of the last finished epoch is in "
               f"{args.out}. Resume with the same options plus --resume.", file=sys.stderr)
@@ -187,6 +189,8 @@ def _train_parser(sub) -> None:
     t.add_argument("--augment", action="store_true", default=None)
     t.add_argument("--out", required=True, help="the run folder, e.g. runs/lenet5")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (training only; "
+                   "compaction and the report run on the CPU)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(run=_train)
 

@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from compactcnn import io, report
 from compactcnn.compaction import compact
 from compactcnn.errors import CompactCNNError
@@ -53,11 +55,13 @@ def prepare_run_dir(out: Path, resuming: bool) -> None:
         raise CompactCNNError(f"cannot write --out {out}: {e.strerror}") from None
 
 
-def run(cfg: TrainConfig, out: Path, resuming: bool = False) -> dict[str, Any]:
+def run(cfg: TrainConfig, out: Path, resuming: bool = False,
+        device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Train on ``device``; compaction, fine-tuning and the report's figures run on the CPU."""
     prepare_run_dir(out, resuming)
-    session = resume(cfg, out / CHECKPOINT) if resuming else build(cfg)
+    session = resume(cfg, out / CHECKPOINT, device) if resuming else build(cfg, device)
     train(session, out)
-    splits, sparse = session.splits, session.model.eval()
+    splits, sparse = session.splits, session.model.cpu().eval()
     io.save(sparse, out / "sparse.safetensors")
     shape = splits.input_shape
     small, outcome = compact(sparse, splits.test[:2][0])

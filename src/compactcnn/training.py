@@ -112,7 +112,20 @@ class Session:
     progress: Progress = field(default_factory=lambda: Progress())
 
 
-def build(cfg: TrainConfig) -> Session:
+def pick_device(name: str = "cpu") -> torch.device:
+    """``auto`` takes CUDA when there is one; asking for CUDA without one is bad input."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CompactCNNError(f"--device {name}: this machine has no CUDA device")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CompactCNNError(f"unknown --device '{name}'; use cpu, cuda or auto") from None
+
+
+def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> Session:
+    """A fresh session; the device is not part of the configuration (a run may move)."""
     torch.manual_seed(cfg.seed)
     splits = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
                           val_fraction=cfg.val_fraction, limit=cfg.limit,
@@ -121,12 +134,12 @@ def build(cfg: TrainConfig) -> Session:
     if h != w:
         raise CompactCNNError(f"{cfg.data} has {h}x{w} images; the zoo takes square inputs")
     model = models.create(cfg.model, num_classes=splits.num_classes, in_channels=c,
-                          input_size=h)
+                          input_size=h).to(device)
     steps = cfg.epochs * _batches(splits.train, cfg.batch_size)
     base = _base_optimizer(cfg, model)
     penalty = penalty_of(cfg)
     if penalty is not None:
-        groups = neuron_groups(model, splits.train[:1][0])
+        groups = neuron_groups(model, splits.train[:1][0].to(device))
         warmup = round(cfg.warmup_epochs * _batches(splits.train, cfg.batch_size))
         base = ProximalOptimizer(base, groups, penalty, warmup_steps=warmup,
                                  min_neurons=cfg.min_neurons)
@@ -157,9 +170,11 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple
     """(mean loss, accuracy) in eval mode."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     loss, correct, seen = 0.0, 0, 0
     with torch.no_grad():
         for x, y in make_loader(dataset, batch_size, shuffle=False, seed=0):
+            x, y = x.to(device), y.to(device)
             out = model(x)
             loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
@@ -221,12 +236,14 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     exactly where it stopped.
     """
     model.train()
+    device = next(model.parameters()).device
     p = progress or Progress()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
     for k, (x, y) in enumerate(bar):
         if k < p.batches:
             continue
         start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad()
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -320,7 +337,7 @@ def save_checkpoint(session: Session, path: Path) -> None:
         "scheduler": session.scheduler.state_dict(), "rng": torch.get_rng_state()})
 
 
-def resume(cfg: TrainConfig, path: Path) -> Session:
+def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu") -> Session:
     """Rebuild the session of ``cfg`` and restore it from the checkpoint at ``path``."""
     state = checkpoint.load(path)
     saved = state.get("config", {})
@@ -329,7 +346,7 @@ def resume(cfg: TrainConfig, path: Path) -> Session:
                       if saved.get(k) != asdict(cfg).get(k))
         raise CompactCNNError(f"{path} was written by another configuration (differs in: "
                               f"{', '.join(diff)}); start a new --out or use the same options")
-    session = build(cfg)
+    session = build(cfg, device)
     try:
         session.model.load_state_dict(state["model"])
         session.optimizer.load_state_dict(state["optimizer"])

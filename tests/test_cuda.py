@@ -1,0 +1,19 @@
+"""The CUDA path of training: skipped here, run on a GPU machine when one is lent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compactcnn.pipeline import run
+from compactcnn.training import TrainConfig
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def test_training_on_cuda_kills_neurons_exactly_and_compacts(tmp_path) -> None:
+    cfg = TrainConfig(model="vgg_small", data="synthetic", epochs=2, lam=2e-2, lr=0.05)
+    result = run(cfg, tmp_path / "run", device="cuda")
+    assert result["compact"]["params"] < result["dense"]["params"]
+    assert result["max_abs_output_diff"] <= 1e-5
+    assert result["accuracy"] > 0.3
