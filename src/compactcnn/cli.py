@@ -70,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     try:
         result = run(cfg, Path(args.out), resuming=args.resume, device=device)
+        if result is None:  # a torchrun rank other than 0: rank 0 reports
+            return 0
     except KeyboardInterrupt:
         print(f"compactcnn: interrupted; the checkpoint of the last finished epoch is in "
               f"{args.out}. Resume with the same options plus --resume.", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from compactcnn import io, report
+from compactcnn import distributed, io, report
 from compactcnn.compaction import compact
 from compactcnn.errors import CompactCNNError
 from compactcnn.timing import latency_ms
@@ -56,11 +56,25 @@ def prepare_run_dir(out: Path, resuming: bool) -> None:
 
 
 def run(cfg: TrainConfig, out: Path, resuming: bool = False,
-        device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Train on ``device``; compaction, fine-tuning and the report's figures run on the CPU."""
-    prepare_run_dir(out, resuming)
-    session = resume(cfg, out / CHECKPOINT, device) if resuming else build(cfg, device)
-    train(session, out)
+        device: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """Train on ``device``; compaction, fine-tuning and the report's figures run on the CPU.
+
+    Under torchrun every rank trains and rank 0 alone goes on to compact and report; the
+    other ranks return None.
+    """
+    world, device = distributed.init(torch.device(device))
+    try:
+        if world.is_main:
+            prepare_run_dir(out, resuming)
+        if world.active:
+            torch.distributed.barrier()
+        session = (resume(cfg, out / CHECKPOINT, device, world) if resuming
+                   else build(cfg, device, world))
+        train(session, out)
+    finally:
+        distributed.shutdown(world)
+    if not world.is_main:
+        return None
     splits, sparse = session.splits, session.model.cpu().eval()
     io.save(sparse, out / "sparse.safetensors")
     shape = splits.input_shape

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from compactcnn import checkpoint, models
 from compactcnn.data import Splits, epoch_loader, load_dataset, make_loader
+from compactcnn.distributed import SINGLE, World, rank_loader
 from compactcnn.errors import CompactCNNError
 from compactcnn.groups import neuron_groups
 from compactcnn.optim import ProximalOptimizer
@@ -110,6 +112,13 @@ class Session:
     history: list[dict[str, Any]]
     epoch: int = 0
     progress: Progress = field(default_factory=lambda: Progress())
+    world: World = SINGLE
+    forward: nn.Module | None = None  # the DistributedDataParallel wrapper, when launched
+
+    @property
+    def net(self) -> nn.Module:
+        """What the training steps call: the model, or its DDP wrapper."""
+        return self.forward or self.model
 
 
 def pick_device(name: str = "cpu") -> torch.device:
@@ -124,7 +133,8 @@ def pick_device(name: str = "cpu") -> torch.device:
         raise CompactCNNError(f"unknown --device '{name}'; use cpu, cuda or auto") from None
 
 
-def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> Session:
+def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = SINGLE
+          ) -> Session:
     """A fresh session; the device is not part of the configuration (a run may move)."""
     torch.manual_seed(cfg.seed)
     splits = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
@@ -144,7 +154,18 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> Session:
         base = ProximalOptimizer(base, groups, penalty, warmup_steps=warmup,
                                  min_neurons=cfg.min_neurons)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=steps)
-    return Session(cfg, splits, model, base, scheduler, [])
+    forward = None
+    if world.active:
+        if cfg.augment:
+            raise CompactCNNError("--augment is not supported with torchrun yet")
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[model_device(model)] if model_device(model).type == "cuda"
+            else None)
+    return Session(cfg, splits, model, base, scheduler, [], world=world, forward=forward)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _base_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -220,6 +241,13 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self._old)
 
 
+class _Never:
+    requested = False
+
+
+_NEVER = _Never()
+
+
 class Interrupted(Exception):
     """Raised by :func:`run_epoch` when a stop was requested; ``Progress`` says where."""
 
@@ -228,7 +256,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
               desc: str, status: Callable[[], str] = lambda: "",
               progress: Progress | None = None,
-              stop: Callable[[], bool] = lambda: False) -> tuple[float, float]:
+              stop: Callable[[], bool] = lambda: False,
+              show: bool = True) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy) on the training batches.
 
     With a ``progress`` from an interrupted pass, its first ``progress.batches`` batches are
@@ -236,9 +265,10 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     exactly where it stopped.
     """
     model.train()
-    device = next(model.parameters()).device
+    device = model_device(model)
     p = progress or Progress()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+               disable=not show)
     for k, (x, y) in enumerate(bar):
         if k < p.batches:
             continue
@@ -281,15 +311,21 @@ def train(session: Session, run_dir: Path) -> Session:
         live = live_neurons(session)
         return f"live {sum(live.values())}" if live else ""
 
-    with _StopOnSigint() as sigint:
+    world = session.world
+    # Under torchrun a Ctrl-C reaches the ranks at different batches, and a rank that stops
+    # early would leave the others waiting in an all-reduce: there it simply ends the run.
+    with _StopOnSigint() if not world.active else nullcontext(_NEVER) as sigint:
         while session.epoch < cfg.epochs:
             e = session.epoch
-            loader = epoch_loader(session.splits.train, cfg.batch_size, cfg.seed, e,
-                                  cfg.augment)
+            loader = (rank_loader(session.splits.train, cfg.batch_size, cfg.seed, e, world)
+                      if world.active else
+                      epoch_loader(session.splits.train, cfg.batch_size, cfg.seed, e,
+                                   cfg.augment))
             try:
-                loss, acc = run_epoch(session.model, session.optimizer, session.scheduler,
+                loss, acc = run_epoch(session.net, session.optimizer, session.scheduler,
                                       loader, f"epoch {e + 1}/{cfg.epochs}", status,
-                                      session.progress, lambda: sigint.requested)
+                                      session.progress, lambda: sigint.requested,
+                                      show=world.is_main)
             except Interrupted:
                 save_checkpoint(session, run_dir / CHECKPOINT)
                 raise KeyboardInterrupt from None
@@ -300,8 +336,9 @@ def train(session: Session, run_dir: Path) -> Session:
                 "val_accuracy": val_acc, "live": live_neurons(session),
                 "seconds": session.progress.seconds + time.perf_counter() - start})
             session.epoch, session.progress = e + 1, Progress()
-            save_checkpoint(session, run_dir / CHECKPOINT)
-            tqdm.write(f"epoch {e + 1}/{cfg.epochs}  loss {loss:.4f}  acc {acc:.4f}  "
+            if world.is_main:
+                save_checkpoint(session, run_dir / CHECKPOINT)
+                tqdm.write(f"epoch {e + 1}/{cfg.epochs}  loss {loss:.4f}  acc {acc:.4f}  "
                        f"val {val_acc:.4f}  {status()}")
     return session
 
@@ -337,7 +374,8 @@ def save_checkpoint(session: Session, path: Path) -> None:
         "scheduler": session.scheduler.state_dict(), "rng": torch.get_rng_state()})
 
 
-def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu") -> Session:
+def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
+           world: World = SINGLE) -> Session:
     """Rebuild the session of ``cfg`` and restore it from the checkpoint at ``path``."""
     state = checkpoint.load(path)
     saved = state.get("config", {})
@@ -346,7 +384,7 @@ def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu") -> 
                       if saved.get(k) != asdict(cfg).get(k))
         raise CompactCNNError(f"{path} was written by another configuration (differs in: "
                               f"{', '.join(diff)}); start a new --out or use the same options")
-    session = build(cfg, device)
+    session = build(cfg, device, world)
     try:
         session.model.load_state_dict(state["model"])
         session.optimizer.load_state_dict(state["optimizer"])
