@@ -24,6 +24,8 @@ def command(cfg: TrainConfig, out: Path, device: str) -> str:
              f"--finetune-epochs {cfg.finetune_epochs}", f"--seed {cfg.seed}", f"--out {out}"]
     if cfg.data_dir:
         parts.append(f"--data-dir {cfg.data_dir}")
+    if cfg.limit:
+        parts.append(f"--limit {cfg.limit}")
     if device != "cpu":
         parts.append(f"--device {device}")
     return " ".join(parts)
@@ -39,6 +41,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/results"))
     p.add_argument("--data-dir", help="another copy of the Fashion-MNIST IDX files")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (training only)")
+    p.add_argument("--limit", type=int, help="first N training images only (smoke runs)")
     args = p.parse_args()
     device = pick_device(args.device)
 
@@ -49,7 +52,7 @@ def main() -> None:
         epochs = args.epochs if lam > 0 else args.epochs + args.finetune_epochs
         cfg = TrainConfig(model=args.model, reg=reg, lam=lam, epochs=epochs,
                           finetune_epochs=args.finetune_epochs if lam > 0 else 0,
-                          seed=args.seed, data_dir=args.data_dir)
+                          seed=args.seed, data_dir=args.data_dir, limit=args.limit)
         out = args.runs / f"{args.model}-{reg}-{lam:g}"
         done = (out / report.REPORT).exists()
         result = report.read(out) if done else run(cfg, out, device=device)

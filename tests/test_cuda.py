@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 
 def test_training_on_cuda_kills_neurons_exactly_and_compacts(tmp_path) -> None:
-    cfg = TrainConfig(model="vgg_small", data="synthetic", epochs=2, lam=2e-2, lr=0.05)
+    cfg = TrainConfig(model="vgg_small", data="synthetic", epochs=3, lam=0.03, lr=0.05)
     result = run(cfg, tmp_path / "run", device="cuda")
     assert result["compact"]["params"] < result["dense"]["params"]
     assert result["max_abs_output_diff"] <= 1e-5

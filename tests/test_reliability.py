@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from compactcnn import checkpoint, io, models, training
+from compactcnn import CompactCNNError, checkpoint, io, models, training
 from compactcnn.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -145,9 +145,9 @@ def test_pickle_files_are_refused_everywhere_and_never_run(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
-    with pytest.raises(Exception):
+    with pytest.raises(CompactCNNError):
         io.load(evil)
-    with pytest.raises(Exception):
+    with pytest.raises(CompactCNNError):
         checkpoint.load(evil)
     assert not marker.exists()
 

@@ -31,6 +31,11 @@ KEPT_COUPLED = "alive in a coupled layer"
 KEPT_GROUPED = "a grouped convolution keeps equal groups"
 KEPT_LAST = "last neuron of the layer"
 KEPT_OUTPUT = "removing it would change the outputs"
+KEPT_TIED = "its channel cannot be cut out (tied to the model's input, say)"
+KEPT_ACROSS = "normalised across neurons on its way (LRN, LayerNorm, GroupNorm)"
+# Normalisations that mix neurons: removing a zero neuron shifts the others' windows or
+# changes their mean and variance, so it is never exact there, however small the effect.
+_ACROSS = (nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.LayerNorm, nn.GroupNorm)
 
 
 @dataclass
@@ -106,7 +111,9 @@ def compact(model: nn.Module, example: Tensor, *, strict: bool = False,
     """
     shape = tuple(example.shape[1:])
     work = copy.deepcopy(model).eval()
-    probe = torch.cat([example_input(shape, 2, seed=1), example_input(shape, 2, seed=2)])
+    # The caller's example, at its own scale, and two fixed random inputs beside it.
+    probe = torch.cat([example.detach().to(torch.get_default_dtype()).cpu(),
+                       example_input(shape, 2, seed=1), example_input(shape, 2, seed=2)])
     with torch.no_grad():
         reference = work(probe)
     scale = max(1.0, reference.abs().max().item())
@@ -149,15 +156,20 @@ def _compact_group(work, graph, names, module, fn, probe, reference, tol, strict
         return outcome
 
     folds, fate = _probe(work, group, silent, probe)
+    if _reaches_across(work, group, silent, probe):  # the first cause, whatever arrives
+        fate = [KEPT_ACROSS if s else f for f, s in zip(fate, silent.tolist(), strict=True)]
     dead = silent & torch.tensor([not f for f in fate], dtype=torch.bool)
     outcome.kept.update(f for f in fate if f)
-    dead = _balance(dead, grouped_conv_blocks(group), outcome)
+    blocks = grouped_conv_blocks(group)
+    dead = _balance(dead, blocks, outcome)
     if bool(dead.all()):
         if strict:
             raise CompactCNNError(f"every neuron of '{outcome.name}' is dead; strict mode "
                                   "refuses to keep one")
         dead[0] = False
         outcome.kept[KEPT_LAST] += 1
+        # One kept neuron leaves its grouped convolutions' groups uneven: keep one in each.
+        dead = _balance(dead, blocks, outcome)
     idxs = dead.nonzero().flatten().tolist()
     if not idxs:
         return outcome
@@ -169,16 +181,20 @@ def _compact_group(work, graph, names, module, fn, probe, reference, tol, strict
             _fold(consumer, cols, values, dead)
         _prune(graph.get_pruning_group(module, fn, idxs))
         with torch.no_grad():
-            ok = (work(probe) - reference).abs().max().item() <= tol
-    except RuntimeError:
-        ok = False
-    if not ok:
+            moved = (work(probe) - reference).abs().max().item() > tol
+        reason = KEPT_OUTPUT if moved else ""
+    except (RuntimeError, IndexError, ValueError):  # a cut the graph could not make whole
+        reason = KEPT_TIED
+    if reason:
         for m, state in saved.items():
             _restore(m, state)
-        outcome.kept[KEPT_OUTPUT] += len(idxs)
+        outcome.kept[reason] += len(idxs)
         return outcome
     outcome.removed = len(idxs)
-    outcome.folded = int(sum(((v != 0).any(dim=-1) & dead).sum() for _, v in folds.values()))
+    folded = torch.zeros_like(dead)
+    for _, values in folds.values():
+        folded |= (values != 0).any(dim=-1)
+    outcome.folded = int((folded & dead).sum())  # neurons, however many consumers each feeds
     return outcome
 
 
@@ -245,6 +261,44 @@ def _probe(work: nn.Module, group, silent: Tensor, probe: Tensor):
     return folds, fate
 
 
+def _reaches_across(work: nn.Module, group, silent: Tensor, probe: Tensor) -> bool:
+    """Whether the silent neurons' channels reach a normalisation across neurons.
+
+    Found by perturbing them where they are produced and watching the normalisations' inputs.
+    """
+    norms = [m for m in work.modules() if isinstance(m, _ACROSS)]
+    producers = [(item.dep.target.module, _root_rows(item)) for item in group
+                 if isinstance(item.dep.target.module, PRUNABLE) and item.dep.handler not in _IN]
+    if not norms or not producers:
+        return False
+    seen: dict[str, list[Tensor]] = {"plain": [], "nudged": []}  # every normalisation input
+    phase = ["plain"]
+    hooks = [m.register_forward_pre_hook(lambda m, inp: seen[phase[0]].append(inp[0].detach()))
+             for m in norms]
+
+    def nudge(rows: Tensor):
+        def hook(m, inp, out):
+            out = out.clone()
+            out[:, rows] += 1.0
+            return out
+        return hook
+
+    try:
+        with torch.no_grad():
+            work(probe)
+            for m, (roots, rows) in producers:
+                rows = rows[silent[roots]]
+                if rows.numel():
+                    hooks.append(m.register_forward_hook(nudge(rows)))
+            phase[0] = "nudged"
+            work(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    return any(not torch.equal(a, b)
+               for a, b in zip(seen["plain"], seen["nudged"], strict=True))
+
+
 def _unpadded(conv: nn.Module) -> bool:
     """Zero padding shows a constant input as 0 at the borders, so no single bias fits."""
     return conv.padding == "valid" or (isinstance(conv.padding, tuple) and not any(conv.padding))
@@ -288,7 +342,8 @@ def _prune(group) -> None:
     for uneven patterns (it keeps the first indices of the flattened list)."""
     for dep, idxs in group:
         m = dep.target.module
-        if dep.handler is tp.prune_conv_in_channels and m.groups > 1:
+        # == and not `is`: torch-pruning hands out a fresh bound method per dependency.
+        if dep.handler == tp.prune_conv_in_channels and m.groups > 1:
             _prune_grouped_inputs(m, idxs)
         else:
             dep(idxs)

@@ -148,10 +148,69 @@ def classifier_of(model: nn.Module, example_input: Tensor) -> str:
 def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     was_training = model.training
     model.eval()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels > 1 \
+                and m.in_channels != m.out_channels:
+            # torch-pruning types every convolution with groups == out_channels as depthwise
+            # and couples its inputs to its outputs one to one, which they are not here.
+            raise CompactCNNError(
+                f"'{name}' has groups == out_channels ({m.groups}) but {m.in_channels} inputs: "
+                "torch-pruning takes it for a depthwise convolution and cannot trace its "
+                "neurons; use groups < out_channels or a depthwise convolution")
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        return _Graph().build_dependency(model, example_inputs=example_input)
     finally:
         model.train(was_training)
+
+
+class _Graph(tp.DependencyGraph):
+    """torch-pruning's graph, with channel concatenations that feed a flatten mapped.
+
+    torch-pruning (1.6) compares a concatenation's width with the width of its consumer, sees
+    the flattened C*H*W there, decides the concatenation was on another dimension and leaves
+    it unmapped: its inputs are then coupled index for index (channel 0 of one branch with
+    channel 0 of the other), which is wrong. A concatenation on dimension 1 is on channels.
+    The offsets are recomputed from the live layers before every group, as torch-pruning does
+    for its own, so that they follow the removals.
+    """
+
+    def get_pruning_group(self, *args, **kwargs):
+        _map_flattened_concats(self)
+        return super().get_pruning_group(*args, **kwargs)
+
+
+def _map_flattened_concats(graph: tp.DependencyGraph) -> None:
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping
+
+    for node in graph.module2node.values():
+        if node.type != ops.OPTYPE.CONCAT or not node.enable_index_mapping \
+                or getattr(node.grad_fn, "_saved_dim", None) != 1:
+            continue
+        if node.module.offsets is None:
+            node.module.compactcnn_flattened = True  # torch-pruning gave up on this one
+        if not getattr(node.module, "compactcnn_flattened", False):
+            continue
+        sizes = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
+        if any(s is None for s in sizes):
+            continue
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        node.module.concat_sizes, node.module.offsets = sizes, offsets
+        # The same pairing of dependencies as torch-pruning's update_concat_index_mapping.
+        for reverse in (True, False):
+            done: list = []
+            for i, in_node in enumerate(node.inputs):
+                deps, target = (node.dependencies, in_node) if reverse \
+                    else (in_node.dependencies, node)
+                for dep in deps:
+                    if dep.target == target and not any(dep is d for d in done):
+                        dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i:i + 2],
+                                                                   reverse=reverse)
+                        done.append(dep)
+                        break
 
 
 def tp_groups(model: nn.Module, example_input: Tensor, graph: tp.DependencyGraph | None = None,
@@ -191,18 +250,26 @@ def _slices_of(item, names: dict[nn.Module, str], size: int, full: bool) -> list
     except ValueError:
         return []
     slices = []
+
+    def add(pname: str, param: nn.Parameter, dim: int, role: str) -> None:
+        # The identity over the group's neurons is the whole parameter only when the layer has
+        # no other channels (a norm after a concatenation or an add has those of the others).
+        own = index if index is not None or param.shape[dim] == size \
+            else torch.arange(size).reshape(size, 1)
+        slices.append(Slice(f"{name}.{pname}", param, dim, own, role))
+
     if isinstance(module, PRUNABLE) and outgoing:
-        slices.append(Slice(f"{name}.weight", module.weight, 0, index, "out"))
+        add("weight", module.weight, 0, "out")
         if module.bias is not None:
-            slices.append(Slice(f"{name}.bias", module.bias, 0, index, "out"))
+            add("bias", module.bias, 0, "out")
     elif isinstance(module, PRUNABLE) and incoming and full:
         grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
         if not grouped:
-            slices.append(Slice(f"{name}.weight", module.weight, 1, index, "in"))
+            add("weight", module.weight, 1, "in")
     elif isinstance(module, (*_NORMS, nn.PReLU)):
         for pname, p in module.named_parameters(recurse=False):
             if p.dim() >= 1 and p.shape[0] > 1:
-                slices.append(Slice(f"{name}.{pname}", p, 0, index, "out"))
+                add(pname, p, 0, "out")
     return slices
 
 
@@ -252,7 +319,8 @@ def grouped_conv_blocks(group: tp.dependency.Group) -> list[Tensor]:
         if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1 \
                 or m.groups == m.out_channels == m.in_channels:
             continue
-        channels = m.out_channels if item.dep.handler is tp.prune_conv_out_channels \
+        # == and not `is`: torch-pruning hands out a fresh bound method per dependency.
+        channels = m.out_channels if item.dep.handler == tp.prune_conv_out_channels \
             else m.in_channels
         per_block = channels // m.groups
         block = torch.empty(len(item.root_idxs), dtype=torch.long)

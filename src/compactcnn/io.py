@@ -45,8 +45,10 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, a read-only folder: the old file stands
+            raise CompactCNNError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -107,14 +109,22 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def load(path: str | Path) -> nn.Module:
-    """Rebuild the model saved at ``path``, in eval mode."""
+    """Rebuild the model saved at ``path``, in eval mode.
+
+    The result is checked before it is returned: every layer's tensors match its recorded
+    widths, and one forward pass at the recorded input size runs.
+    """
     meta, tensors = read(path)
-    spec = dict(meta["spec"])
     try:
+        spec, widths = meta["spec"], meta["widths"]
+        if not isinstance(spec, dict) or not isinstance(widths, dict):
+            raise ValueError("the spec and the widths must be JSON objects")
+        spec = dict(spec)
         model = models.create(spec.pop("name"), **spec)
-        _narrow(model, meta["widths"])
+        _narrow(model, widths)
         _adopt(model, tensors)
-    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as e:
+        _check(model)
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as e:
         raise CompactCNNError(f"{path} does not describe a valid model: {e}") from None
     return model.eval()
 
@@ -123,6 +133,8 @@ def _narrow(model: nn.Module, widths: dict[str, dict[str, int]]) -> None:
     modules = dict(model.named_modules())
     for name, w in widths.items():
         m = modules[name]
+        if not isinstance(w, dict) or not all(type(v) is int and v > 0 for v in w.values()):
+            raise ValueError(f"widths of {name!r} must be positive integers, got {w!r}")
         if isinstance(m, _CONV):
             m.in_channels, m.out_channels, m.groups = w["in"], w["out"], w["groups"]
         elif isinstance(m, nn.Linear):
@@ -148,3 +160,37 @@ def _adopt(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             m._parameters[attr] = nn.Parameter(value, requires_grad=value.is_floating_point())
         else:
             raise ValueError(f"unknown tensor {key!r}")
+
+
+def _check(model: nn.Module) -> None:
+    """Every layer's tensors agree with its widths, and the model runs at its input size."""
+    for name, m in model.named_modules():
+        if isinstance(m, _CONV):
+            if m.in_channels % m.groups or m.out_channels % m.groups:
+                raise ValueError(f"{name}: {m.in_channels} inputs and {m.out_channels} "
+                                 f"neurons do not split into {m.groups} groups")
+            want = (m.out_channels, m.in_channels // m.groups, *m.kernel_size)
+            _shape(name, "weight", m.weight, want)
+            _shape(name, "bias", m.bias, (m.out_channels,))
+        elif isinstance(m, nn.Linear):
+            _shape(name, "weight", m.weight, (m.out_features, m.in_features))
+            _shape(name, "bias", m.bias, (m.out_features,))
+        elif isinstance(m, _NORM):
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                _shape(name, attr, getattr(m, attr), (m.num_features,))
+    spec = spec_of(model)
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    x = torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"], dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+
+
+def _shape(name: str, attr: str, t: torch.Tensor | None, want: tuple[int, ...]) -> None:
+    if t is not None and tuple(t.shape) != tuple(want):
+        raise ValueError(f"{name}.{attr} has shape {list(t.shape)}, its widths say {list(want)}")

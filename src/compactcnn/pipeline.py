@@ -80,7 +80,8 @@ def run(cfg: TrainConfig, out: Path, resuming: bool = False,
     shape = splits.input_shape
     small, outcome = compact(sparse, splits.test[:2][0])
     _, acc_sparse = evaluate(sparse, splits.test)
-    ft_history = finetune(small, splits, cfg)
+    ft_history = finetune(small.to(device), splits, cfg)
+    small = small.cpu().eval()
     _, acc = evaluate(small, splits.test)
     io.save(small, out / "model.safetensors")
     summary = outcome.as_dict()

@@ -1,0 +1,131 @@
+"""Proximal maps of the sparsity penalties, as pure functions of a neuron-major matrix.
+
+Each penalty acts on the matrix that :meth:`compactcnn.groups.NeuronGroup.matrix` returns (one
+row per neuron, every scalar the neuron owns side by side) and returns the proximal map of
+``step * penalty`` there: the closed-form second half of a forward-backward (FOBOS) step. The
+maps never touch their input, so they can be checked against their formulas in isolation; the
+optimizer decides where the result is written.
+
+All three penalties are linear in their weights, so ``prox(step, penalty.scaled(f))`` equals
+``prox(step * f, penalty)``: schedules may scale either.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from compactcnn.errors import CompactCNNError
+
+
+def _weight(name: str, value: float) -> float:
+    """A negative or non-finite weight has no proximal map; refuse it when the penalty is made.
+
+    Returned as a plain float so that numpy or int weights compute and print like any other.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise CompactCNNError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise CompactCNNError(f"{name} must be finite, got {value}")
+    if value < 0:
+        raise CompactCNNError(f"{name} must be >= 0, got {value:g}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class GroupLasso:
+    """lam * sum over neurons of c * ||w_neuron||_2, the penalty that makes whole neurons zero.
+
+    With ``weighted`` the weight c is sqrt(scalars per neuron), so that layers with wide and
+    narrow neurons feel the same pressure per scalar; otherwise c = 1.
+    """
+
+    lam: float
+    weighted: bool = True
+    name: ClassVar[str] = "group"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lam", _weight("lam", self.lam))
+
+    def threshold(self, width: int, step: float) -> float:
+        """The row norm at or below which a neuron of ``width`` scalars becomes exactly zero."""
+        return step * self.lam * (math.sqrt(width) if self.weighted else 1.0)
+
+    def factor(self, squared_norms: Tensor, width: int, step: float) -> Tensor:
+        """Per-row scale max(0, 1 - t / ||w||) given the rows' squared norms.
+
+        Split out of :meth:`__call__` so that the optimizer can scale parameters in place with
+        the very same arithmetic. ``norm > t`` rather than a clamp keeps all-zero rows at 0
+        even where t rounds to 0 in the input dtype (a clamp would pass on 0 / 0 = NaN).
+        """
+        t = self.threshold(width, step)
+        if t == 0:  # rows so small that their squares underflow must survive too
+            return torch.ones_like(squared_norms)
+        norms = squared_norms.sqrt()
+        return torch.where(norms > t, 1 - t / norms, 0.0)
+
+    def __call__(self, matrix: Tensor, step: float) -> Tensor:
+        squared_norms = matrix.square().sum(dim=1)
+        return matrix * self.factor(squared_norms, matrix.shape[1], step).unsqueeze(1)
+
+    def scaled(self, factor: float) -> GroupLasso:
+        return replace(self, lam=self.lam * factor)
+
+
+@dataclass(frozen=True)
+class SparseGroupLasso:
+    """lam1 * ||w||_1 + lam2 * group lasso: dead neurons plus sparse weights within live ones.
+
+    The l1 and l2,1 terms share their row structure, so soft-thresholding each element and
+    then applying the group step is the exact proximal map of the sum, not an approximation.
+    """
+
+    lam1: float
+    lam2: float
+    weighted: bool = True
+    name: ClassVar[str] = "sparse-group"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lam1", _weight("lam1", self.lam1))
+        object.__setattr__(self, "lam2", _weight("lam2", self.lam2))
+
+    def __call__(self, matrix: Tensor, step: float) -> Tensor:
+        t = step * self.lam1
+        soft = matrix.sign() * (matrix.abs() - t).clamp(min=0)
+        return GroupLasso(self.lam2, self.weighted)(soft, step)
+
+    def scaled(self, factor: float) -> SparseGroupLasso:
+        return replace(self, lam1=self.lam1 * factor, lam2=self.lam2 * factor)
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """lam * nuclear norm of the neuron matrix.
+
+    The matrix is the neuron matrix: each neuron's weights, bias and coupled norm parameters
+    side by side. Its rank bounds the rank of the layer's weight reshaped to
+    ``[neurons, fan-in]`` (that is a subset of its columns), so shrinking the singular values
+    here lowers the rank a factorised layer needs, rather than removing neurons.
+    """
+
+    lam: float
+    name: ClassVar[str] = "low-rank"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lam", _weight("lam", self.lam))
+
+    def __call__(self, matrix: Tensor, step: float) -> Tensor:
+        t = step * self.lam
+        if t == 0:  # an SVD round trip is not bit-exact, and the identity must be
+            return matrix.clone()
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        return (u * (s - t).clamp(min=0)) @ vh
+
+    def scaled(self, factor: float) -> LowRank:
+        return replace(self, lam=self.lam * factor)
+
