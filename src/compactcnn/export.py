@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io as _bytes
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,9 +31,13 @@ def to_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Pat
     x = example_input(input_shape, batch=4, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = Path(tmp) / "model.onnx"
-        torch.onnx.export(model, (x,), str(tmp_file), input_names=["input"],
-                          output_names=["logits"], opset_version=opset, dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        # The TorchScript-based exporter warns that it is legacy; it is the one that needs no
+        # extra packages and handles every zoo model, so its deprecation notice is muted.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (x,), str(tmp_file), input_names=["input"],
+                              output_names=["logits"], opset_version=opset, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         data = tmp_file.read_bytes()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
@@ -47,10 +52,11 @@ def to_torchscript(model: nn.Module, input_shape: tuple[int, int, int], path: st
     """Write a traced TorchScript file; return max |scripted - eager| on a fresh input."""
     model = model.eval()
     x = example_input(input_shape, batch=2, seed=3)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated
         traced = torch.jit.trace(model, x)
         diff = float((traced(x) - model(x)).abs().max())
-    buffer = _bytes.BytesIO()
-    torch.jit.save(traced, buffer)
+        buffer = _bytes.BytesIO()
+        torch.jit.save(traced, buffer)
     atomic_write(path, buffer.getvalue())
     return diff
