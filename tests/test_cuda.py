@@ -17,3 +17,17 @@ def test_training_on_cuda_kills_neurons_exactly_and_compacts(tmp_path) -> None:
     assert result["compact"]["params"] < result["dense"]["params"]
     assert result["max_abs_output_diff"] <= 1e-5
     assert result["accuracy"] > 0.3
+
+
+def test_full_groups_gather_and_report_on_cuda() -> None:
+    from compactcnn import models
+    from compactcnn.groups import neuron_groups
+
+    model = models.create("lenet5").cuda()
+    groups = neuron_groups(model, torch.randn(1, 1, 28, 28, device="cuda"), full=True)
+    for g in groups:
+        m = g.matrix()
+        m[0] = 0
+        g.write(m)
+        assert bool(g.dead()[0]) and g.norms()[0].item() == 0.0
+        assert g.norms().device.type == "cuda"

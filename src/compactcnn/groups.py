@@ -96,16 +96,20 @@ class NeuronGroup:
             s.write(matrix[:, start:start + width])
             start += width
 
+    @property
+    def device(self) -> torch.device:
+        return self.slices[0].param.device if self.slices else torch.device("cpu")
+
     def norms(self) -> Tensor:
         """Euclidean norm of each neuron's group, ``[neurons]``."""
-        total = torch.zeros(self.size, dtype=torch.float64)
+        total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
         for s in self.slices:
             total += s.rows().double().pow(2).sum(dim=1)
         return total.sqrt()
 
     def dead(self) -> Tensor:
         """Boolean ``[neurons]``: True where every scalar of the neuron is exactly 0.0."""
-        alive = torch.zeros(self.size, dtype=torch.bool)
+        alive = torch.zeros(self.size, dtype=torch.bool, device=self.device)
         for s in self.slices:
             alive |= s.rows().ne(0).any(dim=1)
         return ~alive
@@ -256,6 +260,8 @@ def _slices_of(item, names: dict[nn.Module, str], size: int, full: bool) -> list
         # no other channels (a norm after a concatenation or an add has those of the others).
         own = index if index is not None or param.shape[dim] == size \
             else torch.arange(size).reshape(size, 1)
+        if own is not None:  # gathers need the index where the parameter lives
+            own = own.to(param.device)
         slices.append(Slice(f"{name}.{pname}", param, dim, own, role))
 
     if isinstance(module, PRUNABLE) and outgoing:
