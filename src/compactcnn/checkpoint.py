@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from compactcnn.errors import CompactCNNError
-from compactcnn.io import atomic_write
+from compactcnn.io import atomic_write, read_safetensors
 
 FORMAT = "compactcnn.checkpoint/1"
 _REF = "__tensor__"
@@ -56,17 +55,8 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
 
 def load(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save`; anything else is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompactCNNError(f"no checkpoint at {path}")
+    meta, tensors = read_safetensors(path, FORMAT, "checkpoint")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta.get("format") != FORMAT:
-            raise CompactCNNError(f"{path} is not a compactcnn checkpoint")
         return _unpack(json.loads(meta["state"]), tensors)
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
-        if isinstance(e, CompactCNNError):
-            raise
-        raise CompactCNNError(f"{path} is not a readable compactcnn checkpoint") from None
+    except (KeyError, TypeError, ValueError):
+        raise CompactCNNError(f"{path} has a corrupt compactcnn checkpoint state") from None

@@ -85,22 +85,30 @@ def save(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
     atomic_write(path, encode(model, extra))
 
 
-def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The metadata and tensors of a model file, refusing anything else with a clear error."""
+def read_safetensors(path: str | Path, fmt: str, kind: str
+                     ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file of format ``fmt``; anything else, a pickle
+    included, is refused with one line that names ``kind``. Nothing is executed."""
     path = Path(path)
     if not path.is_file():
-        raise CompactCNNError(f"no such model file: {path}")
+        raise CompactCNNError(f"no such {kind}: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CompactCNNError(f"{path} is not a compactcnn model file "
+        raise CompactCNNError(f"{path} is not a compactcnn {kind} "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                               ) from None
-    if meta.get("format") != FORMAT:
-        raise CompactCNNError(f"{path} is not a compactcnn model file (format "
-                              f"{meta.get('format')!r}, expected {FORMAT!r})")
+    if meta.get("format") != fmt:
+        raise CompactCNNError(f"{path} is not a compactcnn {kind} (format {meta.get('format')!r}, "
+                              f"expected {fmt!r})")
+    return meta, tensors
+
+
+def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a model file, refusing anything else with a clear error."""
+    meta, tensors = read_safetensors(path, FORMAT, "model file")
     try:
         parsed = {k: json.loads(meta[k]) for k in ("spec", "widths", "extra")}
     except (KeyError, json.JSONDecodeError):
