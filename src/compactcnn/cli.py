@@ -69,7 +69,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     device = pick_device(args.device)
     try:
-        result = run(cfg, Path(args.out), resuming=args.resume, device=device)
+        if args.workers < 0:
+            raise CompactCNNError("--workers must be >= 0")
+        result = run(cfg, Path(args.out), resuming=args.resume, device=device,
+                     workers=args.workers)
         if result is None:  # a torchrun rank other than 0: rank 0 reports
             return 0
     except KeyboardInterrupt:
@@ -116,6 +119,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _groups(args: argparse.Namespace) -> int:
+    from compactcnn.accounting import example_input
+    from compactcnn.groups import describe, neuron_groups
+    from compactcnn.sources import parse_input, resolve
+
+    shape = parse_input(args.input) if args.input is not None else None
+    model, shape, _ = resolve(args.model, classes=args.classes, input_shape=shape)
+    groups = neuron_groups(model, example_input(shape), full=args.full)
+    if args.json:
+        print(json.dumps([{"name": g.name, "layers": list(g.layers), "neurons": g.size,
+                           "slices": [{"param": s.name, "dim": s.dim, "role": s.role,
+                                       "per_neuron": s.per_neuron} for s in g.slices]}
+                          for g in groups], indent=2))
+    else:
+        print(describe(groups))
+    return 0
+
+
 def _fresh_output(path: str, force: bool) -> Path:
     out = Path(path)
     if out.exists() and not force:
@@ -149,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=_compact)
+    g = sub.add_parser("groups", help="which parameter slices make up each neuron")
+    g.add_argument("model", help="zoo name, model file, or package.module:callable")
+    g.add_argument("--input", help="input shape C,H,W")
+    g.add_argument("--classes", type=int, help="number of classes (zoo and import paths)")
+    g.add_argument("--full", action="store_true",
+                   help="also the next layer's input slices of each neuron")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(run=_groups)
+
     _train_parser(sub)
 
     r = sub.add_parser("report", help="print the report of a finished run")
@@ -191,6 +221,7 @@ def _train_parser(sub) -> None:
     t.add_argument("--augment", action="store_true", default=None)
     t.add_argument("--out", required=True, help="the run folder, e.g. runs/lenet5")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--workers", type=int, default=0, help="data loader processes")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (training only; "
                    "compaction and the report run on the CPU)")
     t.add_argument("--json", action="store_true")

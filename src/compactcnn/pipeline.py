@@ -56,7 +56,7 @@ def prepare_run_dir(out: Path, resuming: bool) -> None:
 
 
 def run(cfg: TrainConfig, out: Path, resuming: bool = False,
-        device: torch.device | str = "cpu") -> dict[str, Any] | None:
+        device: torch.device | str = "cpu", workers: int = 0) -> dict[str, Any] | None:
     """Train on ``device``; compaction, fine-tuning and the report's figures run on the CPU.
 
     Under torchrun every rank trains and rank 0 alone goes on to compact and report; the
@@ -70,6 +70,7 @@ def run(cfg: TrainConfig, out: Path, resuming: bool = False,
             torch.distributed.barrier()
         session = (resume(cfg, out / CHECKPOINT, device, world) if resuming
                    else build(cfg, device, world))
+        session.workers = workers
         train(session, out)
     finally:
         distributed.shutdown(world)

@@ -114,6 +114,7 @@ class Session:
     progress: Progress = field(default_factory=lambda: Progress())
     world: World = SINGLE
     forward: nn.Module | None = None  # the DistributedDataParallel wrapper, when launched
+    workers: int = 0  # loader processes; the batches do not depend on it
 
     @property
     def net(self) -> nn.Module:
@@ -320,7 +321,7 @@ def train(session: Session, run_dir: Path) -> Session:
             loader = (rank_loader(session.splits.train, cfg.batch_size, cfg.seed, e, world)
                       if world.active else
                       epoch_loader(session.splits.train, cfg.batch_size, cfg.seed, e,
-                                   cfg.augment))
+                                   cfg.augment, session.workers))
             try:
                 loss, acc = run_epoch(session.net, session.optimizer, session.scheduler,
                                       loader, f"epoch {e + 1}/{cfg.epochs}", status,
