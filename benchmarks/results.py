@@ -22,6 +22,7 @@ def command(cfg: TrainConfig, out: Path, device: str) -> str:
     parts = ["compactcnn train", f"--model {cfg.model}", f"--data {cfg.data}",
              f"--reg {cfg.reg}", f"--lam {cfg.lam:g}", f"--epochs {cfg.epochs}",
              *([f"--lr {cfg.lr:g}"] if cfg.lr is not None else []),
+             *([f"--lr-warmup-epochs {cfg.lr_warmup_epochs:g}"] if cfg.lr_warmup_epochs else []),
              f"--finetune-epochs {cfg.finetune_epochs}", f"--seed {cfg.seed}", f"--out {out}"]
     if cfg.data_dir:
         parts.append(f"--data-dir {cfg.data_dir}")
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--lams", type=float, nargs="+", default=[0, 1e-3, 2e-3, 4e-3])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, help="SGD learning rate (default: the CLI's, 0.05)")
+    p.add_argument("--lr-warmup-epochs", type=float, default=0.0)
     p.add_argument("--runs", type=Path, default=Path("runs/results"))
     p.add_argument("--data-dir", help="another copy of the Fashion-MNIST IDX files")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (training only)")
@@ -55,7 +57,7 @@ def main() -> None:
         cfg = TrainConfig(model=args.model, reg=reg, lam=lam, epochs=epochs,
                           finetune_epochs=args.finetune_epochs if lam > 0 else 0,
                           seed=args.seed, data_dir=args.data_dir, limit=args.limit,
-                          lr=args.lr)
+                          lr=args.lr, lr_warmup_epochs=args.lr_warmup_epochs)
         out = args.runs / f"{args.model}-{reg}-{lam:g}"
         done = (out / report.REPORT).exists()
         result = report.read(out) if done else run(cfg, out, device=device)

@@ -23,7 +23,7 @@ from compactcnn.cli import main
 SRC = Path(__file__).resolve().parents[1] / "src"
 TRAIN = ["train", "--model", "lenet5", "--data", "synthetic", "--limit", "800",
          "--test-limit", "200", "--epochs", "6", "--batch-size", "32", "--lr", "0.01",
-         "--lam", "2e-3", "--seed", "1"]
+         "--lam", "2e-3", "--seed", "1", "--lr-warmup-epochs", "1.5"]
 
 
 def cli(*args: str) -> subprocess.Popen:

@@ -218,6 +218,8 @@ def _train_parser(sub) -> None:
     t.add_argument("--limit", type=int, help="use only the first N training images")
     t.add_argument("--test-limit", type=int, help="use only the first N test images")
     t.add_argument("--warmup-epochs", type=float, help="ramp lam from 0 over these epochs")
+    t.add_argument("--lr-warmup-epochs", type=float,
+                   help="ramp the learning rate from lr/10 over these epochs")
     t.add_argument("--augment", action="store_true", default=None)
     t.add_argument("--out", required=True, help="the run folder, e.g. runs/lenet5")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

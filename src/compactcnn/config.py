@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from compactcnn.errors import CompactCNNError
@@ -23,11 +24,26 @@ def read_toml(path: str | Path) -> dict:
         raise CompactCNNError(f"no config file {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise CompactCNNError(f"{path} is not valid TOML: {str(e).splitlines()[0]}") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - set(TrainConfig.keys()))
     if unknown:
         raise CompactCNNError(f"{path}: unknown option(s) {', '.join(unknown)}; known: "
                               + ", ".join(TrainConfig.keys()))
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    for key, value in data.items():
+        _check_type(path, key, value)
+    return data
+
+
+def _check_type(path: Path, key: str, value: object) -> None:
+    """TOML has types of its own; refuse a string where a number belongs, say, by name."""
+    kind = _TYPES[key]
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if not ok and not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+        raise CompactCNNError(f"{path}: {key} must be a {kind.__name__}, got {value!r}")
+
+
+_TYPES = {f.name: {"str": str, "int": int, "float": float, "bool": bool}[
+    str(f.type).split(" | ")[0]] for f in fields(TrainConfig)}
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:

@@ -59,6 +59,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     augment: bool = False
     warmup_epochs: float = 0.0
+    lr_warmup_epochs: float = 0.0
     min_neurons: int = 1
 
     def __post_init__(self) -> None:
@@ -73,7 +74,7 @@ class TrainConfig:
         for name in ("finetune_epochs", "seed", "min_neurons"):
             if getattr(self, name) < 0:
                 raise CompactCNNError(f"--{name.replace('_', '-')} must be >= 0")
-        for name in ("lam", "lam1", "weight_decay", "warmup_epochs"):
+        for name in ("lam", "lam1", "weight_decay", "warmup_epochs", "lr_warmup_epochs"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise CompactCNNError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
@@ -154,7 +155,8 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
         warmup = round(cfg.warmup_epochs * _batches(splits.train, cfg.batch_size))
         base = ProximalOptimizer(base, groups, penalty, warmup_steps=warmup,
                                  min_neurons=cfg.min_neurons)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=steps)
+    scheduler = schedule(base, steps, round(cfg.lr_warmup_epochs
+                                            * _batches(splits.train, cfg.batch_size)))
     forward = None
     if world.active:
         if cfg.augment:
@@ -167,6 +169,20 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0
+             ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay over ``steps``, after a linear warm-up from lr/10 over ``warmup`` steps.
+
+    The warm-up keeps a network without normalisation (Caffe's LeNet) from diverging in
+    its first steps at a learning rate it trains well with afterwards.
+    """
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps - warmup, 1))
+    if warmup <= 0:
+        return cosine
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
 
 def _base_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -279,8 +295,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         out = model(x)
         loss = F.cross_entropy(out, y)
         if not torch.isfinite(loss):
-            raise CompactCNNError(f"{desc}: the loss became {loss.item()}; lower --lr or --lam "
-                                  "(the last good checkpoint is kept)")
+            raise CompactCNNError(f"{desc}: the loss became {loss.item()}; lower --lr or --lam, "
+                                  "or add --lr-warmup-epochs 1 (the last good checkpoint is kept)")
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -350,7 +366,7 @@ def finetune(model: nn.Module, splits: Splits, cfg: TrainConfig) -> list[dict[st
         return []
     base = _base_optimizer(replace_lr(cfg, cfg.learning_rate / 10), model)
     steps = cfg.finetune_epochs * _batches(splits.train, cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=steps)
+    scheduler = schedule(base, steps)
     history = []
     for e in range(cfg.finetune_epochs):
         loader = epoch_loader(splits.train, cfg.batch_size, cfg.seed + 1, e, cfg.augment)
