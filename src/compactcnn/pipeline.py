@@ -57,7 +57,7 @@ def prepare_run_dir(out: Path, resuming: bool) -> None:
 
 def run(cfg: TrainConfig, out: Path, resuming: bool = False,
         device: torch.device | str = "cpu", workers: int = 0) -> dict[str, Any] | None:
-    """Train on ``device``; compaction, fine-tuning and the report's figures run on the CPU.
+    """Train and fine-tune on ``device``; compaction and the report's figures run on the CPU.
 
     Under torchrun every rank trains and rank 0 alone goes on to compact and report; the
     other ranks return None.
@@ -89,8 +89,7 @@ def run(cfg: TrainConfig, out: Path, resuming: bool = False,
     for side, model in (("dense", sparse), ("compact", small)):
         summary[side]["latency_ms"] = latency_ms(model, shape)
     result = asdict(cfg) | {
-        "accuracy": acc, "accuracy_sparse": acc_sparse,
-        "accuracy_before_finetune": acc_sparse,
+        "accuracy": acc, "accuracy_before_finetune": acc_sparse,
         "input": list(shape), "train_seconds": sum(h["seconds"] for h in session.history),
         "history": session.history, "finetune_history": ft_history,
     } | summary
