@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +364,7 @@ def finetune(model: nn.Module, splits: Splits, cfg: TrainConfig) -> list[dict[st
     """Plain training of the compact model at a tenth of the learning rate."""
     if cfg.finetune_epochs == 0:
         return []
-    base = _base_optimizer(replace_lr(cfg, cfg.learning_rate / 10), model)
+    base = _base_optimizer(replace(cfg, lr=cfg.learning_rate / 10), model)
     steps = cfg.finetune_epochs * _batches(splits.train, cfg.batch_size)
     scheduler = schedule(base, steps)
     history = []
@@ -377,10 +377,6 @@ def finetune(model: nn.Module, splits: Splits, cfg: TrainConfig) -> list[dict[st
         tqdm.write(f"fine-tune {e + 1}/{cfg.finetune_epochs}  loss {loss:.4f}  acc {acc:.4f}  "
                    f"val {val_acc:.4f}")
     return history
-
-
-def replace_lr(cfg: TrainConfig, lr: float) -> TrainConfig:
-    return TrainConfig(**(asdict(cfg) | {"lr": lr}))
 
 
 def save_checkpoint(session: Session, path: Path) -> None:
