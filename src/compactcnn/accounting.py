@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from compactcnn.errors import CompactCNNError
+from compactcnn.evalmode import eval_mode
 from compactcnn.groups import PRUNABLE, classifier_of, dependency_graph, grouped_conv_blocks
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
@@ -181,13 +182,10 @@ def _trace(model: nn.Module, x: Tensor) -> list[LayerRow]:
             handles.append(m.register_forward_hook(prunable_hook(name)))
         elif any(True for _ in m.parameters(recurse=False)):
             handles.append(m.register_forward_hook(norm_hook))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), watch:
+        with eval_mode(model), torch.no_grad(), watch:
             model(x)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     out = [LayerRow(name=n, **r) for n, r in rows.items()]
@@ -324,13 +322,8 @@ def _evenly(blocks: list[Tensor], size: int, n: int, layer: str) -> list[int]:
 
 def flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """Floating-point operations of one forward pass at batch 1 (a multiply-add counts 2)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(_input_for(model, input_shape))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(_input_for(model, input_shape))
     return int(counter.get_total_flops())
 
 

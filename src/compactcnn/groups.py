@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from compactcnn.errors import CompactCNNError
+from compactcnn.evalmode import eval_mode
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
@@ -150,8 +151,6 @@ def classifier_of(model: nn.Module, example_input: Tensor) -> str:
 
 
 def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
-    was_training = model.training
-    model.eval()
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels > 1 \
                 and m.in_channels != m.out_channels:
@@ -161,10 +160,8 @@ def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGr
                 f"'{name}' has groups == out_channels ({m.groups}) but {m.in_channels} inputs: "
                 "torch-pruning takes it for a depthwise convolution and cannot trace its "
                 "neurons; use groups < out_channels or a depthwise convolution")
-    try:
+    with eval_mode(model):
         return _Graph().build_dependency(model, example_inputs=example_input)
-    finally:
-        model.train(was_training)
 
 
 class _Graph(tp.DependencyGraph):

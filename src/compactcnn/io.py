@@ -21,6 +21,7 @@ from torch import nn
 
 from compactcnn import models
 from compactcnn.errors import CompactCNNError
+from compactcnn.evalmode import eval_mode
 
 FORMAT = "compactcnn.model/1"
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -190,13 +191,8 @@ def _check(model: nn.Module) -> None:
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = first.dtype if first is not None else torch.get_default_dtype()
     x = torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"], dtype=dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        model(x)
 
 
 def _shape(name: str, attr: str, t: torch.Tensor | None, want: tuple[int, ...]) -> None:

@@ -28,6 +28,7 @@ from compactcnn import checkpoint, models
 from compactcnn.data import Splits, epoch_loader, load_dataset, make_loader
 from compactcnn.distributed import SINGLE, World, rank_loader
 from compactcnn.errors import CompactCNNError
+from compactcnn.evalmode import eval_mode
 from compactcnn.groups import neuron_groups
 from compactcnn.optim import ProximalOptimizer
 from compactcnn.penalties import GroupLasso, LowRank, SparseGroupLasso
@@ -147,16 +148,15 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
         raise CompactCNNError(f"{cfg.data} has {h}x{w} images; the zoo takes square inputs")
     model = models.create(cfg.model, num_classes=splits.num_classes, in_channels=c,
                           input_size=h).to(device)
-    steps = cfg.epochs * _batches(splits.train, cfg.batch_size)
+    per_epoch = _batches(splits.train, cfg.batch_size)
     base = _base_optimizer(cfg, model)
     penalty = penalty_of(cfg)
     if penalty is not None:
         groups = neuron_groups(model, splits.train[:1][0].to(device))
-        warmup = round(cfg.warmup_epochs * _batches(splits.train, cfg.batch_size))
-        base = ProximalOptimizer(base, groups, penalty, warmup_steps=warmup,
+        base = ProximalOptimizer(base, groups, penalty,
+                                 warmup_steps=round(cfg.warmup_epochs * per_epoch),
                                  min_neurons=cfg.min_neurons)
-    scheduler = schedule(base, steps, round(cfg.lr_warmup_epochs
-                                            * _batches(splits.train, cfg.batch_size)))
+    scheduler = schedule(base, cfg.epochs * per_epoch, round(cfg.lr_warmup_epochs * per_epoch))
     forward = None
     if world.active:
         if cfg.augment:
@@ -206,18 +206,15 @@ def live_neurons(session: Session) -> dict[str, int]:
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, float]:
     """(mean loss, accuracy) in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     loss, correct, seen = 0.0, 0, 0
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for x, y in make_loader(dataset, batch_size, shuffle=False, seed=0):
             x, y = x.to(device), y.to(device)
             out = model(x)
             loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
-    model.train(was_training)
     return loss / max(seen, 1), correct / max(seen, 1)
 
 
