@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from compactcnn import models
-from compactcnn.compaction import compact
-from compactcnn.groups import neuron_groups
+from compactcnn.sparsity import neuron_groups
+from compactcnn.surgery import compact
 
 
 def kill(model: nn.Module, example: torch.Tensor, share: float, seed: int = 0) -> None:

@@ -19,10 +19,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from compactcnn.groups import neuron_groups
 from compactcnn.models import create
-from compactcnn.optim import ProximalOptimizer
-from compactcnn.penalties import GroupLasso
+from compactcnn.sparsity import GroupLasso, ProximalOptimizer, neuron_groups
 
 MODELS = {"lenet5": (1, 28, 28), "vgg_small": (1, 28, 28)}
 

@@ -12,10 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-from compactcnn import report
-from compactcnn.io import atomic_write
-from compactcnn.pipeline import run
-from compactcnn.training import TrainConfig, pick_device
+from compactcnn.files.atomic import atomic_write
+from compactcnn.run import report
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.device import pick_device
+from compactcnn.run.pipeline import run
 
 
 def command(cfg: TrainConfig, out: Path, device: str) -> str:

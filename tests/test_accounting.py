@@ -26,7 +26,7 @@ from compactcnn.accounting import (
     parse_removals,
 )
 from compactcnn.errors import CompactCNNError
-from compactcnn.groups import PRUNABLE
+from compactcnn.layers import neuron_layer_types
 
 # The supplementary's Table 1: name, width, height, input, output, parameters.
 ALEXNET_TABLE = [
@@ -59,7 +59,7 @@ def output_numels(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
     """Our own hooks: the numel of every convolution's and linear layer's output at batch 1."""
     seen: dict[str, int] = {}
     handles = [m.register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, out.numel()))
-               for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+               for n, m in model.named_modules() if isinstance(m, neuron_layer_types())]
     device = next(model.parameters()).device
     model.eval()
     try:
@@ -329,7 +329,7 @@ def small_cnns(draw):
 
 def removal(model: nn.Sequential, data) -> tuple[str, list[int]] | None:
     """A random non-classifier layer and neurons to remove, even across halves if grouped."""
-    prunable = [(n, m) for n, m in model.named_children() if isinstance(m, PRUNABLE)]
+    prunable = [(n, m) for n, m in model.named_children() if isinstance(m, neuron_layer_types())]
     choices = []
     for name, m in prunable[:-1]:
         size = m.out_features if isinstance(m, nn.Linear) else m.out_channels

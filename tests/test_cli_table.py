@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from compactcnn import io, models
+from compactcnn import models
 from compactcnn.cli import main
+from compactcnn.files import modelfile as io
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "tests.fixtures_models:tiny_cnn"

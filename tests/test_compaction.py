@@ -2,7 +2,7 @@
 
 The dead neurons are made the way the proximal optimizer leaves them: every scalar of the
 neuron's group (weight rows, bias, norm affine parameters, coupled layers) set to 0.0 through
-:func:`compactcnn.groups.neuron_groups`. Norm layers get non-trivial running statistics, so a
+:func:`compactcnn.sparsity.neuron_groups`. Norm layers get non-trivial running statistics, so a
 zero neuron is not trivially zero after its BatchNorm unless the group really is.
 """
 
@@ -18,10 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from compactcnn import io, models
+from compactcnn import models
 from compactcnn.accounting import cascade, neuron_table
 from compactcnn.cli import main
-from compactcnn.compaction import (
+from compactcnn.errors import CompactCNNError
+from compactcnn.files import modelfile as io
+from compactcnn.sparsity import neuron_groups
+from compactcnn.surgery import compact
+from compactcnn.surgery.outcome import (
     KEPT_ACROSS,
     KEPT_CONSTANT,
     KEPT_COUPLED,
@@ -29,10 +33,7 @@ from compactcnn.compaction import (
     KEPT_LAST,
     KEPT_OUTPUT,
     KEPT_TIED,
-    compact,
 )
-from compactcnn.errors import CompactCNNError
-from compactcnn.groups import neuron_groups
 
 # Small sides: each model's smallest input, except AlexNet's grouped layers want room.
 SIDES = {"alexnet": 67, "lenet5": 16, "mlp": 8, "resnet18": 32, "resnet20": 8, "resnet56": 8,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compactcnn.pipeline import run
-from compactcnn.training import TrainConfig
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.pipeline import run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -21,7 +21,7 @@ def test_training_on_cuda_kills_neurons_exactly_and_compacts(tmp_path) -> None:
 
 def test_full_groups_gather_and_report_on_cuda() -> None:
     from compactcnn import models
-    from compactcnn.groups import neuron_groups
+    from compactcnn.sparsity import neuron_groups
 
     model = models.create("lenet5").cuda()
     groups = neuron_groups(model, torch.randn(1, 1, 28, 28, device="cuda"), full=True)

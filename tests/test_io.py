@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from compactcnn import io, models
-from compactcnn.compaction import compact
+from compactcnn import models
 from compactcnn.errors import CompactCNNError
-from compactcnn.groups import neuron_groups
+from compactcnn.files import modelfile as io
+from compactcnn.files.atomic import atomic_write
+from compactcnn.sparsity import neuron_groups
+from compactcnn.surgery import compact
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -216,8 +218,8 @@ def test_tensors_that_disagree_with_the_model_are_refused(tmp_path):
 
 def test_atomic_write_leaves_only_the_file(tmp_path):
     target = tmp_path / "out.json"
-    io.atomic_write(target, "first")
-    io.atomic_write(target, b"second")
+    atomic_write(target, "first")
+    atomic_write(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
@@ -252,7 +254,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch, wh
     else:
         monkeypatch.setattr(os, where, boom)
     with pytest.raises(CompactCNNError, match="cannot write .*No space left"):
-        io.atomic_write(target, b"new contents, much longer than the old ones")
+        atomic_write(target, b"new contents, much longer than the old ones")
     monkeypatch.undo()
     assert target.read_bytes() == b"old contents"
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
@@ -275,4 +277,4 @@ def test_an_interrupted_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypat
 
 def test_writing_into_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(CompactCNNError, match="cannot write"):
-        io.atomic_write(tmp_path / "no" / "such" / "file.bin", b"x")
+        atomic_write(tmp_path / "no" / "such" / "file.bin", b"x")

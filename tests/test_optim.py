@@ -17,10 +17,15 @@ from torch import nn
 
 from compactcnn.data import load_fashion_mnist
 from compactcnn.errors import CompactCNNError
-from compactcnn.groups import NeuronGroup, neuron_groups
 from compactcnn.models import create
-from compactcnn.optim import ProximalOptimizer
-from compactcnn.penalties import GroupLasso, LowRank, SparseGroupLasso
+from compactcnn.sparsity import (
+    GroupLasso,
+    LowRank,
+    NeuronGroup,
+    ProximalOptimizer,
+    SparseGroupLasso,
+    neuron_groups,
+)
 
 MNIST_INPUT = torch.zeros(1, 1, 28, 28)
 CIFAR_INPUT = torch.zeros(1, 3, 32, 32)

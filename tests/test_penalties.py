@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compactcnn.errors import CompactCNNError
-from compactcnn.penalties import GroupLasso, LowRank, SparseGroupLasso
+from compactcnn.sparsity import GroupLasso, LowRank, SparseGroupLasso
 
 examples = settings(max_examples=60, deadline=None)
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compactcnn import io, training
 from compactcnn.cli import main
 from compactcnn.data import FASHION_MNIST_DIR, load_dataset
-from compactcnn.training import evaluate
+from compactcnn.files import modelfile as io
+from compactcnn.run import loop as training
+from compactcnn.run.loop import evaluate
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                 reason="Debian's dataset-fashion-mnist is not installed")

@@ -17,8 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from compactcnn import CompactCNNError, checkpoint, io, models, training
+from compactcnn import CompactCNNError, models
 from compactcnn.cli import main
+from compactcnn.files import checkpoint
+from compactcnn.files import modelfile as io
+from compactcnn.run import loop as training
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TRAIN = ["train", "--model", "lenet5", "--data", "synthetic", "--limit", "800",

@@ -7,10 +7,12 @@ import argparse
 import pytest
 import torch
 
-from compactcnn import CompactCNNError, checkpoint
+from compactcnn import CompactCNNError
 from compactcnn.cli import build_parser
-from compactcnn.config import config_from
-from compactcnn.training import TrainConfig, schedule
+from compactcnn.files import checkpoint
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.optimizers import schedule
+from compactcnn.run.toml import config_from
 
 
 def parse(*argv: str) -> argparse.Namespace:

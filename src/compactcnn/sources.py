@@ -11,8 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from compactcnn import io, models
+from compactcnn import models
 from compactcnn.errors import CompactCNNError
+from compactcnn.files import modelfile
 
 
 def parse_input(text: str) -> tuple[int, int, int]:
@@ -41,8 +42,8 @@ def resolve(name: str, *, classes: int | None = None,
     if path.is_dir() and name not in models.names():
         raise CompactCNNError(f"{name} is a folder, not a model file")
     if path.is_file() or (path.suffix and not path.is_dir()):
-        model = io.load(name)
-        spec = io.spec_of(model)
+        model = modelfile.load(name)
+        spec = modelfile.spec_of(model)
         shape = input_shape or (spec["in_channels"], spec["input_size"], spec["input_size"])
         return model, shape, Path(name).name
     d = models.defaults(name)

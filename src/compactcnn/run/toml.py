@@ -1,14 +1,13 @@
-"""A run's configuration: TOML file first, then the command line on top."""
+"""A run's configuration from a TOML file, with the command line on top."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from compactcnn.errors import CompactCNNError
-from compactcnn.training import TrainConfig
+from compactcnn.run.config import TrainConfig, field_type
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,11 +16,16 @@ else:  # pragma: no cover
 
 
 def read_toml(path: str | Path) -> dict:
+    """The options of a TOML file, each checked for a known name and the right type."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise CompactCNNError(f"no config file {path}") from None
+    except IsADirectoryError:
+        raise CompactCNNError(f"config {path} is a folder, not a TOML file") from None
+    except OSError as e:
+        raise CompactCNNError(f"cannot read config {path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise CompactCNNError(f"{path} is not valid TOML: {str(e).splitlines()[0]}") from None
     data = {k.replace("-", "_"): v for k, v in data.items()}
@@ -36,17 +40,15 @@ def read_toml(path: str | Path) -> dict:
 
 def _check_type(path: Path, key: str, value: object) -> None:
     """TOML has types of its own; refuse a string where a number belongs, say, by name."""
-    kind = _TYPES[key]
+    kind = field_type(key)
     ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
     if not ok and not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
         raise CompactCNNError(f"{path}: {key} must be a {kind.__name__}, got {value!r}")
 
 
-_TYPES = {f.name: {"str": str, "int": int, "float": float, "bool": bool}[
-    str(f.type).split(" | ")[0]] for f in fields(TrainConfig)}
-
-
 def config_from(args: argparse.Namespace) -> TrainConfig:
+    """The TOML file's options (``args.config``), overridden by every option given on the
+    command line."""
     values = read_toml(args.config) if args.config else {}
     for key in TrainConfig.keys():
         given = getattr(args, key, None)

@@ -8,14 +8,15 @@ import time
 import torch
 from torch import nn
 
-from compactcnn.accounting import example_input
 from compactcnn.evalmode import eval_mode
+from compactcnn.inputs import Example, as_input
 
 
-def latency_ms(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 1,
+def latency_ms(model: nn.Module, example: Example, batch: int = 1,
                repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time of one eval-mode forward pass, in milliseconds."""
-    x = example_input(input_shape, batch)
+    """Median wall time of one eval-mode forward pass of ``batch`` samples, in milliseconds
+    (a tensor example is used as it is)."""
+    x = as_input(model, example, batch)
     times = []
     with eval_mode(model), torch.inference_mode():
         for k in range(warmup + repeats):

@@ -1,12 +1,7 @@
-"""Export to ONNX (checked against ONNX Runtime) and TorchScript.
-
-A compact model is an ordinary dense model, so it exports like any other; the check makes
-sure that what a deployment runs computes what PyTorch computed.
-"""
+"""Export to ONNX, checked against ONNX Runtime before the file is written."""
 
 from __future__ import annotations
 
-import io as _bytes
 import tempfile
 import warnings
 from pathlib import Path
@@ -14,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compactcnn.accounting import example_input
 from compactcnn.errors import CompactCNNError
-from compactcnn.io import atomic_write
+from compactcnn.files.atomic import atomic_write
+from compactcnn.inputs import Example, as_input
 
 
-def to_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path,
+def to_onnx(model: nn.Module, example: Example, path: str | Path,
             opset: int = 17) -> float:
     """Write an ONNX file with a dynamic batch axis; return max |onnxruntime - torch|."""
     try:
@@ -28,7 +23,7 @@ def to_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Pat
         raise CompactCNNError("ONNX export needs the extra: pip install 'compactcnn[onnx]'"
                               ) from None
     model = model.eval()
-    x = example_input(input_shape, batch=4, seed=3)
+    x = as_input(model, example, batch=4, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = Path(tmp) / "model.onnx"
         # The TorchScript-based exporter warns that it is legacy; it is the one that needs no
@@ -45,18 +40,3 @@ def to_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Pat
         want = model(x).numpy()
     atomic_write(path, data)
     return float(abs(got - want).max())
-
-
-def to_torchscript(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path
-                   ) -> float:
-    """Write a traced TorchScript file; return max |scripted - eager| on a fresh input."""
-    model = model.eval()
-    x = example_input(input_shape, batch=2, seed=3)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated
-        traced = torch.jit.trace(model, x)
-        diff = float((traced(x) - model(x)).abs().max())
-        buffer = _bytes.BytesIO()
-        torch.jit.save(traced, buffer)
-    atomic_write(path, buffer.getvalue())
-    return diff

@@ -7,34 +7,42 @@ model, and latency with the clock.
 
 from __future__ import annotations
 
-import io as _bytes
 import json
 from pathlib import Path
 from typing import Any
 
 from compactcnn.errors import CompactCNNError
-from compactcnn.io import atomic_write
-
-REPORT = "report.json"
+from compactcnn.files.atomic import atomic_write
+from compactcnn.run.plots import plots
+from compactcnn.run.rundir import REPORT, REPORT_MD, run_file
 
 
 def write(report: dict[str, Any], run_dir: Path) -> None:
     atomic_write(run_dir / REPORT, json.dumps(report, indent=2))
-    atomic_write(run_dir / "report.md", markdown(report))
+    atomic_write(run_dir / REPORT_MD, markdown(report))
     plots(report, run_dir)
 
 
 def read(run_dir: str | Path) -> dict[str, Any]:
-    from compactcnn.pipeline import run_file
-
+    """A finished run's report (from its folder, or the report.json itself)."""
     path = Path(run_dir)
     path = run_file(path, REPORT) if path.is_dir() else path
     if not path.is_file():
         raise CompactCNNError(f"no report at {path}: is it a finished run folder?")
     try:
-        return json.loads(path.read_text())
+        report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CompactCNNError(f"{path} is not a valid report") from None
+    missing = [k for k in _REQUIRED if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise CompactCNNError(f"{path} is JSON but not a compactcnn report (no "
+                              f"{', '.join(missing)})")
+    return report
+
+
+# What summary() and markdown() read: a file without them is not a report.
+_REQUIRED = ("model", "data", "reg", "lam", "epochs", "dense", "compact", "accuracy", "layers",
+             "history", "train_seconds", "max_abs_output_diff")
 
 
 def _pct(a: float, b: float) -> str:
@@ -81,54 +89,3 @@ def markdown(r: dict[str, Any]) -> str:
                       summary(r), "```", "", "## Neuron table, before and after", "",
                       *table, "", "![neurons](neurons.png)", "![live](live.png)",
                       "![curves](curves.png)", ""])
-
-
-def plots(r: dict[str, Any], run_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def save(fig, name: str) -> None:
-        buffer = _bytes.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write(run_dir / name, buffer.getvalue())
-
-    names = [layer["name"] for layer in r["layers"]]
-    fig, ax = plt.subplots(figsize=(max(5, len(names) * 0.5), 3.5))
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [x["neurons_before"] for x in r["layers"]], 0.4,
-           label="before")
-    ax.bar([x + 0.2 for x in xs], [x["neurons_after"] for x in r["layers"]], 0.4, label="after")
-    ax.set_xticks(list(xs), names, rotation=45, ha="right")
-    ax.set_ylabel("neurons")
-    ax.set_title("Neurons per layer")
-    ax.legend()
-    save(fig, "neurons.png")
-
-    history = r["history"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    groups = sorted({g for h in history for g in h.get("live", {})})
-    for g in groups:
-        ax.plot([h["epoch"] for h in history], [h["live"].get(g) for h in history], marker=".",
-                label=g)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("live neurons")
-    ax.set_title("Live neurons per layer during training")
-    if groups:
-        ax.legend(fontsize="small", ncol=2)
-    save(fig, "live.png")
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    epochs = [h["epoch"] for h in history]
-    left.plot(epochs, [h["loss"] for h in history], label="train")
-    left.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    left.set_title("loss")
-    right.plot(epochs, [h["accuracy"] for h in history], label="train")
-    right.plot(epochs, [h["val_accuracy"] for h in history], label="validation")
-    right.set_title("accuracy")
-    for ax in (left, right):
-        ax.set_xlabel("epoch")
-        ax.legend()
-    save(fig, "curves.png")

@@ -9,48 +9,21 @@ recorded widths before adopting the tensors. Nothing in the file is ever execute
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
 from compactcnn import models
 from compactcnn.errors import CompactCNNError
 from compactcnn.evalmode import eval_mode
+from compactcnn.files.atomic import atomic_write
+from compactcnn.files.safetensors_file import read_safetensors
+from compactcnn.layers import kind_of
 
 FORMAT = "compactcnn.model/1"
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``.
-
-    A crash leaves either the old file or the new one, never half of either.
-    """
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise CompactCNNError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # a full disk, a read-only folder: the old file stands
-            raise CompactCNNError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
 
 
 def spec_of(model: nn.Module) -> dict[str, Any]:
@@ -59,18 +32,6 @@ def spec_of(model: nn.Module) -> dict[str, Any]:
     if spec is None:
         raise CompactCNNError("only models built by compactcnn.models.create can be saved")
     return dict(spec)
-
-
-def _widths(model: nn.Module) -> dict[str, dict[str, int]]:
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, _CONV):
-            out[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
-        elif isinstance(m, nn.Linear):
-            out[name] = {"in": m.in_features, "out": m.out_features}
-        elif isinstance(m, _NORM):
-            out[name] = {"out": m.num_features}
-    return out
 
 
 def encode(model: nn.Module, extra: dict | None = None) -> bytes:
@@ -84,27 +45,6 @@ def encode(model: nn.Module, extra: dict | None = None) -> bytes:
 def save(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
     """Save a zoo model, compacted or not, to one safetensors file."""
     atomic_write(path, encode(model, extra))
-
-
-def read_safetensors(path: str | Path, fmt: str, kind: str
-                     ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a safetensors file of format ``fmt``; anything else, a pickle
-    included, is refused with one line that names ``kind``. Nothing is executed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompactCNNError(f"no such {kind}: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CompactCNNError(f"{path} is not a compactcnn {kind} "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                              ) from None
-    if meta.get("format") != fmt:
-        raise CompactCNNError(f"{path} is not a compactcnn {kind} (format {meta.get('format')!r}, "
-                              f"expected {fmt!r})")
-    return meta, tensors
 
 
 def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -144,12 +84,10 @@ def _narrow(model: nn.Module, widths: dict[str, dict[str, int]]) -> None:
         m = modules[name]
         if not isinstance(w, dict) or not all(type(v) is int and v > 0 for v in w.values()):
             raise ValueError(f"widths of {name!r} must be positive integers, got {w!r}")
-        if isinstance(m, _CONV):
-            m.in_channels, m.out_channels, m.groups = w["in"], w["out"], w["groups"]
-        elif isinstance(m, nn.Linear):
-            m.in_features, m.out_features = w["in"], w["out"]
-        elif isinstance(m, _NORM):
-            m.num_features = w["out"]
+        kind = kind_of(m)
+        if kind is None:
+            raise ValueError(f"{name!r} is not a layer with widths")
+        kind.narrow(m, w)
 
 
 def _adopt(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -174,19 +112,15 @@ def _adopt(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 def _check(model: nn.Module) -> None:
     """Every layer's tensors agree with its widths, and the model runs at its input size."""
     for name, m in model.named_modules():
-        if isinstance(m, _CONV):
-            if m.in_channels % m.groups or m.out_channels % m.groups:
-                raise ValueError(f"{name}: {m.in_channels} inputs and {m.out_channels} "
-                                 f"neurons do not split into {m.groups} groups")
-            want = (m.out_channels, m.in_channels // m.groups, *m.kernel_size)
-            _shape(name, "weight", m.weight, want)
-            _shape(name, "bias", m.bias, (m.out_channels,))
-        elif isinstance(m, nn.Linear):
-            _shape(name, "weight", m.weight, (m.out_features, m.in_features))
-            _shape(name, "bias", m.bias, (m.out_features,))
-        elif isinstance(m, _NORM):
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                _shape(name, attr, getattr(m, attr), (m.num_features,))
+        kind = kind_of(m)
+        if kind is None:
+            continue
+        try:
+            shapes = kind.shapes(m)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        for attr, want in shapes.items():
+            _shape(name, attr, getattr(m, attr), want)
     spec = spec_of(model)
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = first.dtype if first is not None else torch.get_default_dtype()
@@ -198,3 +132,13 @@ def _check(model: nn.Module) -> None:
 def _shape(name: str, attr: str, t: torch.Tensor | None, want: tuple[int, ...]) -> None:
     if t is not None and tuple(t.shape) != tuple(want):
         raise ValueError(f"{name}.{attr} has shape {list(t.shape)}, its widths say {list(want)}")
+
+
+def _widths(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Every layer's widths, as its kind records them (kinds without widths are left out)."""
+    out = {}
+    for name, m in model.named_modules():
+        kind = kind_of(m)
+        if kind is not None and (w := kind.widths(m)):
+            out[name] = w
+    return out

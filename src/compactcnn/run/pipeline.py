@@ -12,47 +12,14 @@ from typing import Any
 
 import torch
 
-from compactcnn import distributed, io, report
-from compactcnn.compaction import compact
-from compactcnn.errors import CompactCNNError
-from compactcnn.timing import latency_ms
-from compactcnn.training import (
-    CHECKPOINT,
-    TrainConfig,
-    build,
-    evaluate,
-    finetune,
-    resume,
-    train,
-)
-
-
-def run_file(run_dir: Path, name: str) -> Path:
-    """A file of a run folder, refused if a link makes it point outside the folder."""
-    path = run_dir / name
-    if not path.resolve().is_relative_to(run_dir.resolve()):
-        raise CompactCNNError(f"{path} points outside its run folder; refusing to follow it")
-    return path
-
-
-def prepare_run_dir(out: Path, resuming: bool) -> None:
-    """Refuse to overwrite a finished or started run unless resuming it."""
-    if resuming:
-        if not (out / CHECKPOINT).is_file():
-            raise CompactCNNError(f"--resume: no checkpoint in {out}")
-        return
-    if (out / CHECKPOINT).exists() or (out / report.REPORT).exists():
-        raise CompactCNNError(f"{out} already holds a run; pass --resume or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CompactCNNError(f"cannot write --out {out}: {e.strerror}") from None
-    probe = out / ".write-test"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CompactCNNError(f"cannot write --out {out}: {e.strerror}") from None
+from compactcnn.accounting.latency import latency_ms
+from compactcnn.files import modelfile
+from compactcnn.run import distributed, report
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.loop import evaluate, finetune, train
+from compactcnn.run.rundir import CHECKPOINT, MODEL, SPARSE, prepare_run_dir
+from compactcnn.run.session import build, resume
+from compactcnn.surgery.compaction import compact
 
 
 def run(cfg: TrainConfig, out: Path, resuming: bool = False,
@@ -77,14 +44,14 @@ def run(cfg: TrainConfig, out: Path, resuming: bool = False,
     if not world.is_main:
         return None
     splits, sparse = session.splits, session.model.cpu().eval()
-    io.save(sparse, out / "sparse.safetensors")
+    modelfile.save(sparse, out / SPARSE)
     shape = splits.input_shape
     small, outcome = compact(sparse, splits.test[:2][0])
     _, acc_sparse = evaluate(sparse, splits.test)
     ft_history = finetune(small.to(device), splits, cfg)
     small = small.cpu().eval()
     _, acc = evaluate(small, splits.test)
-    io.save(small, out / "model.safetensors")
+    modelfile.save(small, out / MODEL)
     summary = outcome.as_dict()
     for side, model in (("dense", sparse), ("compact", small)):
         summary[side]["latency_ms"] = latency_ms(model, shape)

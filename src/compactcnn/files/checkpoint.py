@@ -15,9 +15,12 @@ import torch
 from safetensors.torch import save as st_save
 
 from compactcnn.errors import CompactCNNError
-from compactcnn.io import atomic_write, read_safetensors
+from compactcnn.files.atomic import atomic_write
+from compactcnn.files.safetensors_file import read_safetensors
 
 FORMAT = "compactcnn.checkpoint/1"
+
+
 _REF = "__tensor__"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -21,6 +22,8 @@ import torch
 from torch import Tensor
 
 from compactcnn.errors import CompactCNNError
+
+ProximalMap = Callable[[Tensor, float], Tensor]
 
 
 def _weight(name: str, value: float) -> float:
@@ -129,3 +132,20 @@ class LowRank:
     def scaled(self, factor: float) -> LowRank:
         return replace(self, lam=self.lam * factor)
 
+
+# The penalties by the name a configuration gives them; "none" trains the dense baseline.
+# Each builder takes (lam, lam1): lam weighs the group term, lam1 the l1 term of sparse-group.
+PENALTIES: dict[str, Callable[[float, float], ProximalMap | None]] = {
+    "none": lambda lam, lam1: None,
+    "group": lambda lam, lam1: GroupLasso(lam),
+    "sparse-group": lambda lam, lam1: SparseGroupLasso(lam1, lam),
+    "low-rank": lambda lam, lam1: LowRank(lam),
+}
+
+
+def make_penalty(name: str, lam: float, lam1: float = 0.0) -> ProximalMap | None:
+    """The proximal map called ``name``, or None for the dense baseline."""
+    if name not in PENALTIES:
+        raise CompactCNNError(f"unknown penalty '{name}'; choose one of: "
+                              + ", ".join(PENALTIES))
+    return PENALTIES[name](lam, lam1)

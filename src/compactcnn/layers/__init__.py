@@ -1,0 +1,14 @@
+"""Layer kinds, one file each; importing this package registers them all (see registry.py)."""
+
+from compactcnn.layers import conv, linear, norm  # noqa: F401  (registration)
+from compactcnn.layers.registry import (
+    LayerKind,
+    follower_types,
+    holds_neurons,
+    kind_of,
+    neuron_layer_types,
+    register,
+)
+
+__all__ = ["LayerKind", "follower_types", "holds_neurons", "kind_of", "neuron_layer_types",
+           "register"]

@@ -1,0 +1,136 @@
+"""A run's session: the objects a checkpoint restores, how they are built, saved and resumed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compactcnn import models
+from compactcnn.data.splits import Splits, load_dataset
+from compactcnn.errors import CompactCNNError
+from compactcnn.files import checkpoint as checkpoint_file
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.device import model_device
+from compactcnn.run.distributed import SINGLE, World
+from compactcnn.run.optimizers import base_optimizer, batches_per_epoch, schedule
+from compactcnn.sparsity.groups import neuron_groups
+from compactcnn.sparsity.penalties import make_penalty
+from compactcnn.sparsity.proximal import ProximalOptimizer
+
+
+@dataclass
+class Session:
+    """The objects of one run that a checkpoint restores."""
+
+    cfg: TrainConfig
+    splits: Splits
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    history: list[dict[str, Any]]
+    epoch: int = 0
+    progress: Progress = field(default_factory=lambda: Progress())
+    world: World = SINGLE
+    forward: nn.Module | None = None  # the DistributedDataParallel wrapper, when launched
+    workers: int = 0  # loader processes; the batches do not depend on it
+
+    @property
+    def net(self) -> nn.Module:
+        """What the training steps call: the model, or its DDP wrapper."""
+        return self.forward or self.model
+
+
+def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = SINGLE
+          ) -> Session:
+    """A fresh session; the device is not part of the configuration (a run may move)."""
+    torch.manual_seed(cfg.seed)
+    splits = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+                          val_fraction=cfg.val_fraction, limit=cfg.limit,
+                          test_limit=cfg.test_limit, seed=cfg.seed)
+    c, h, w = splits.input_shape
+    if h != w:
+        raise CompactCNNError(f"{cfg.data} has {h}x{w} images; the zoo takes square inputs")
+    model = models.create(cfg.model, num_classes=splits.num_classes, in_channels=c,
+                          input_size=h).to(device)
+    per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
+    base = base_optimizer(cfg, model)
+    penalty = make_penalty(cfg.reg, cfg.lam, cfg.lam1)
+    if penalty is not None:
+        groups = neuron_groups(model, splits.train[:1][0].to(device))
+        base = ProximalOptimizer(base, groups, penalty,
+                                 warmup_steps=round(cfg.warmup_epochs * per_epoch),
+                                 min_neurons=cfg.min_neurons)
+    scheduler = schedule(base, cfg.epochs * per_epoch, round(cfg.lr_warmup_epochs * per_epoch))
+    forward = None
+    if world.active:
+        if cfg.augment:
+            raise CompactCNNError("--augment is not supported with torchrun yet")
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[model_device(model)] if model_device(model).type == "cuda"
+            else None)
+    return Session(cfg, splits, model, base, scheduler, [], world=world, forward=forward)
+
+
+
+
+
+
+
+
+
+
+def save_checkpoint(session: Session, path: Path) -> None:
+    checkpoint_file.save(path, {
+        "config": asdict(session.cfg), "epoch": session.epoch, "history": session.history,
+        "progress": asdict(session.progress),
+        "model": session.model.state_dict(), "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(), "rng": torch.get_rng_state()})
+
+
+def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
+           world: World = SINGLE) -> Session:
+    """Rebuild the session of ``cfg`` and restore it from the checkpoint at ``path``."""
+    state = checkpoint_file.load(path)
+    saved = state.get("config", {})
+    if saved != asdict(cfg):
+        diff = sorted(k for k in set(saved) | set(asdict(cfg))
+                      if saved.get(k) != asdict(cfg).get(k))
+        raise CompactCNNError(f"{path} was written by another configuration (differs in: "
+                              f"{', '.join(diff)}); start a new --out or use the same options")
+    session = build(cfg, device, world)
+    try:
+        session.model.load_state_dict(state["model"])
+        session.optimizer.load_state_dict(state["optimizer"])
+        session.scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CompactCNNError(f"{path} does not fit this model: {str(e).splitlines()[0]}"
+                              ) from None
+    torch.set_rng_state(state["rng"])
+    session.history = state["history"]
+    session.epoch = state["epoch"]
+    session.progress = Progress(**state["progress"])
+    return session
+
+
+
+
+def live_neurons(session: Session) -> dict[str, int]:
+    """Live neurons per group right now (all of them for the dense baseline)."""
+    if isinstance(session.optimizer, ProximalOptimizer):
+        return {k: live for k, (live, _) in session.optimizer.neuron_counts().items()}
+    return {}
+
+
+@dataclass
+class Progress:
+    """How far the current epoch has got: what a mid-epoch checkpoint must remember."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0

@@ -1,0 +1,101 @@
+"""Which parameter slices make up each neuron.
+
+A neuron is one output unit of a layer: for a convolution one 3-D filter, for a linear layer
+one weight row. Sparsity acts on whole neurons, so each neuron's *group* holds every scalar
+that exists only because the neuron exists: its weight row and bias, the affine parameters
+of the norm layer that normalises it, and, where channels are coupled (a residual add, a
+concatenation, a depthwise convolution that follows its input), the matching slices of every
+coupled layer. The coupling comes from torch-pruning's dependency graph; this module only
+translates its groups into tensor slices that a proximal map can act on in one shot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from compactcnn.inputs import Example, as_input
+from compactcnn.layers import follower_types, holds_neurons
+from compactcnn.sparsity.neurons import NeuronGroup, Slice
+from compactcnn.sparsity.tp_adapter import removes_inputs, removes_outputs, tp_groups
+
+
+def _index(root_idxs: Sequence[int], idxs: Sequence[int], size: int) -> Tensor | None:
+    """The ``[neurons, per neuron]`` gather index of one group item, or None for the identity."""
+    pairs = sorted(zip(root_idxs, idxs, strict=True))
+    if len(pairs) == size and all(r == i == k for k, (r, i) in enumerate(pairs)):
+        return None
+    counts = torch.bincount(torch.tensor([r for r, _ in pairs]), minlength=size)
+    if counts.numel() != size or not bool((counts == counts[0]).all()) or counts[0] == 0:
+        raise ValueError("uneven mapping")
+    return torch.tensor([i for _, i in pairs]).reshape(size, -1)
+
+
+def _slices_of(item, names: dict[nn.Module, str], size: int, full: bool) -> list[Slice]:
+    module = item.dep.target.module
+    name = names.get(module)
+    if name is None or not isinstance(module, nn.Module):
+        return []
+    outgoing, incoming = removes_outputs(item.dep), removes_inputs(item.dep)
+    try:
+        index = _index(item.root_idxs, item.idxs, size)
+    except ValueError:
+        return []
+    slices = []
+
+    def add(pname: str, param: nn.Parameter, dim: int, role: str) -> None:
+        # The identity over the group's neurons is the whole parameter only when the layer has
+        # no other channels (a norm after a concatenation or an add has those of the others).
+        own = index if index is not None or param.shape[dim] == size \
+            else torch.arange(size).reshape(size, 1)
+        if own is not None:  # gathers need the index where the parameter lives
+            own = own.to(param.device)
+        slices.append(Slice(f"{name}.{pname}", param, dim, own, role))
+
+    if holds_neurons(module) and outgoing:
+        add("weight", module.weight, 0, "out")
+        if module.bias is not None:
+            add("bias", module.bias, 0, "out")
+    elif holds_neurons(module) and incoming and full:
+        grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+        if not grouped:
+            add("weight", module.weight, 1, "in")
+    elif isinstance(module, follower_types()):
+        for pname, p in module.named_parameters(recurse=False):
+            if p.dim() >= 1 and p.shape[0] > 1:
+                add(pname, p, 0, "out")
+    return slices
+
+
+def neuron_groups(model: nn.Module, example: Example, *, full: bool = False,
+                  ignore: Iterable[str] = ()) -> list[NeuronGroup]:
+    """One :class:`NeuronGroup` per set of coupled neurons of ``model``.
+
+    ``full=True`` also puts each neuron's input slices of the next layer in its group, so the
+    penalty sees every weight that the neuron's removal would delete (grouped convolutions'
+    inputs are left out there: their slices are not one block per neuron).
+    """
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: k for k, n in enumerate(names.values())}
+    groups = []
+    for g in tp_groups(model, as_input(model, example), ignore=ignore):
+        root = g[0].dep.target.module
+        size = len(g[0].idxs)
+        slices: list[Slice] = []
+        layers: list[str] = []
+        for item in g:
+            new = _slices_of(item, names, size, full)
+            slices.extend(new)
+            layers.extend(s.name.rsplit(".", 1)[0] for s in new
+                          if s.role == "out" and s.name.endswith(".weight")
+                          and holds_neurons(item.dep.target.module))
+        layers = sorted(dict.fromkeys(layers), key=order.__getitem__) or [names[root]]
+        groups.append(NeuronGroup(layers[0], tuple(layers), size, slices))
+    return sorted(groups, key=lambda g: order[g.name])
+
+
+def describe(groups: Sequence[NeuronGroup]) -> str:
+    """A readable listing of every group, for ``--show-groups`` and debugging."""
+    return "\n".join(g.describe() for g in groups)

@@ -1,0 +1,119 @@
+"""Neurons as tensor slices: what a group is, and the one meaning of a dead neuron.
+
+A neuron is one output unit of a layer: for a convolution one 3-D filter, for a linear layer
+one weight row. Its *group* holds every scalar that exists only because the neuron exists
+(weight row, bias, the affine parameters of its norm, coupled layers' slices). The optimizer,
+compaction and accounting all ask :func:`dead_rows` whether a neuron is dead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One parameter's share of every neuron of a group.
+
+    Neuron ``n`` owns ``param.index_select(dim, index[n])``; with ``index=None`` it owns
+    ``param.select(dim, n)``, the common case that needs no gather.
+    """
+
+    name: str
+    param: nn.Parameter
+    dim: int
+    index: Tensor | None = None
+    role: str = "out"
+
+    def rows(self) -> Tensor:
+        """The neuron-major matrix ``[neurons, elements per neuron]`` of this slice."""
+        p = self.param.detach()
+        if self.index is not None:
+            n = self.index.shape[0]
+            p = p.index_select(self.dim, self.index.reshape(-1))
+            return p.movedim(self.dim, 0).reshape(n, -1)
+        return p.movedim(self.dim, 0).reshape(p.shape[self.dim], -1)
+
+    def write(self, rows: Tensor) -> None:
+        """Store a neuron-major matrix (the inverse of :meth:`rows`) back, in place."""
+        p = self.param.data
+        if self.index is not None:
+            flat = self.index.reshape(-1)
+            moved_shape = list(p.movedim(self.dim, 0).shape)
+            moved_shape[0] = flat.numel()
+            values = rows.reshape(moved_shape).movedim(0, self.dim)
+            p.index_copy_(self.dim, flat, values.to(p.dtype))
+        else:
+            p.movedim(self.dim, 0).copy_(rows.reshape(p.movedim(self.dim, 0).shape))
+
+    def neuron_mask(self, keep: Tensor) -> Tensor:
+        """A mask shaped like the parameter that is 0 on the slices of neurons not in ``keep``."""
+        mask = torch.ones_like(self.param, dtype=torch.bool)
+        moved = mask.movedim(self.dim, 0)
+        if self.index is None:
+            moved[~keep] = False
+        else:
+            moved[self.index[~keep].reshape(-1)] = False
+        return mask
+
+    @property
+    def per_neuron(self) -> int:
+        return self.param.numel() // self.param.shape[self.dim] * (
+            1 if self.index is None else self.index.shape[1])
+
+
+@dataclass
+class NeuronGroup:
+    """The neurons of one layer, or of several layers whose channels are coupled."""
+
+    name: str
+    layers: tuple[str, ...]
+    size: int
+    slices: list[Slice] = field(default_factory=list)
+
+    def matrix(self) -> Tensor:
+        """All the group's scalars, one row per neuron: the object the proximal maps shrink."""
+        return torch.cat([s.rows() for s in self.slices], dim=1)
+
+    def write(self, matrix: Tensor) -> None:
+        start = 0
+        for s in self.slices:
+            width = s.per_neuron
+            s.write(matrix[:, start:start + width])
+            start += width
+
+    @property
+    def device(self) -> torch.device:
+        return self.slices[0].param.device if self.slices else torch.device("cpu")
+
+    def norms(self) -> Tensor:
+        """Euclidean norm of each neuron's group, ``[neurons]``."""
+        total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        for s in self.slices:
+            total += s.rows().double().pow(2).sum(dim=1)
+        return total.sqrt()
+
+    def dead(self) -> Tensor:
+        """Boolean ``[neurons]``: True where every scalar of the neuron is exactly 0.0."""
+        alive = torch.zeros(self.size, dtype=torch.bool, device=self.device)
+        for s in self.slices:
+            alive |= s.rows().ne(0).any(dim=1)
+        return ~alive
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        seen: dict[int, nn.Parameter] = {}
+        for s in self.slices:
+            seen.setdefault(id(s.param), s.param)
+        return list(seen.values())
+
+    def describe(self) -> str:
+        lines = [f"group {self.name}: {self.size} neurons, "
+                 f"{sum(s.per_neuron for s in self.slices)} scalars per neuron"]
+        for s in self.slices:
+            where = "all" if s.index is None else f"{s.index.shape[1]} per neuron"
+            lines.append(f"  {s.role:3} {s.name:40} dim {s.dim}  {where}")
+        return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""The one place that talks to torch-pruning: its dependency graph, its groups and its handlers.
+
+torch-pruning knows which channels are coupled (residual adds, concatenations, depthwise
+convolutions). Everything else in compactcnn asks this module, so a change in torch-pruning's
+behaviour shows up here, and in ``tests/test_tp_adapter.py``, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from compactcnn.errors import CompactCNNError
+from compactcnn.evalmode import eval_mode
+from compactcnn.layers import holds_neurons, neuron_layer_types
+
+
+def classifier_of(model: nn.Module, example_input: Tensor) -> str:
+    """The last convolution or linear layer run in a forward pass.
+
+    Its outputs are the classes, which must never be grouped or removed.
+    """
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda *_a, n=name: order.append(n))
+               for name, m in model.named_modules() if holds_neurons(m)]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    if not order:
+        raise CompactCNNError("the model has no convolution or linear layer to make compact")
+    return order[-1]
+
+
+def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels > 1 \
+                and m.in_channels != m.out_channels:
+            # torch-pruning types every convolution with groups == out_channels as depthwise
+            # and couples its inputs to its outputs one to one, which they are not here.
+            raise CompactCNNError(
+                f"'{name}' has groups == out_channels ({m.groups}) but {m.in_channels} inputs: "
+                "torch-pruning takes it for a depthwise convolution and cannot trace its "
+                "neurons; use groups < out_channels or a depthwise convolution")
+    with eval_mode(model):
+        return _Graph().build_dependency(model, example_inputs=example_input)
+
+
+class _Graph(tp.DependencyGraph):
+    """torch-pruning's graph, with channel concatenations that feed a flatten mapped.
+
+    torch-pruning (1.6) compares a concatenation's width with the width of its consumer, sees
+    the flattened C*H*W there, decides the concatenation was on another dimension and leaves
+    it unmapped: its inputs are then coupled index for index (channel 0 of one branch with
+    channel 0 of the other), which is wrong. A concatenation on dimension 1 is on channels.
+    The offsets are recomputed from the live layers before every group, as torch-pruning does
+    for its own, so that they follow the removals.
+    """
+
+    def get_pruning_group(self, *args, **kwargs):
+        _map_flattened_concats(self)
+        return super().get_pruning_group(*args, **kwargs)
+
+
+def _map_flattened_concats(graph: tp.DependencyGraph) -> None:
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping
+
+    for node in graph.module2node.values():
+        if node.type != ops.OPTYPE.CONCAT or not node.enable_index_mapping \
+                or getattr(node.grad_fn, "_saved_dim", None) != 1:
+            continue
+        if node.module.offsets is None:
+            node.module.compactcnn_flattened = True  # torch-pruning gave up on this one
+        if not getattr(node.module, "compactcnn_flattened", False):
+            continue
+        sizes = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
+        if any(s is None for s in sizes):
+            continue
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        node.module.concat_sizes, node.module.offsets = sizes, offsets
+        # The same pairing of dependencies as torch-pruning's update_concat_index_mapping.
+        for reverse in (True, False):
+            done: list = []
+            for i, in_node in enumerate(node.inputs):
+                deps, target = (node.dependencies, in_node) if reverse \
+                    else (in_node.dependencies, node)
+                for dep in deps:
+                    if dep.target == target and not any(dep is d for d in done):
+                        dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i:i + 2],
+                                                                   reverse=reverse)
+                        done.append(dep)
+                        break
+
+
+def tp_groups(model: nn.Module, example_input: Tensor, graph: tp.DependencyGraph | None = None,
+              ignore: Iterable[str] = ()) -> Iterable[tp.dependency.Group]:
+    """torch-pruning's groups of the model, one per set of coupled neurons, classifier left out."""
+    graph = graph or dependency_graph(model, example_input)
+    modules = dict(model.named_modules())
+    ignored = [modules[classifier_of(model, example_input)]]
+    for name in ignore:
+        if name not in modules:
+            raise CompactCNNError(f"unknown layer '{name}'")
+        ignored.append(modules[name])
+    return graph.get_all_groups(ignored_layers=ignored, root_module_types=neuron_layer_types())
+
+
+def grouped_conv_blocks(group: tp.dependency.Group) -> list[Tensor]:
+    """For each grouped convolution in a torch-pruning group, the block of each root neuron.
+
+    A grouped convolution must keep equal groups, so whatever is removed from its inputs or
+    outputs must come evenly from these blocks. (torch-pruning slices grouped convolutions'
+    inputs as if they were contiguous, which is wrong for uneven patterns; we decide the
+    indices ourselves so that its surgery only ever sees even ones.)
+    """
+    blocks = []
+    for item in group:
+        m = item.dep.target.module
+        if not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1 \
+                or m.groups == m.out_channels == m.in_channels:
+            continue
+        # == and not `is`: torch-pruning hands out a fresh bound method per dependency.
+        channels = m.out_channels if item.dep.handler == tp.prune_conv_out_channels \
+            else m.in_channels
+        per_block = channels // m.groups
+        block = torch.empty(len(item.root_idxs), dtype=torch.long)
+        block[torch.tensor(item.root_idxs)] = torch.tensor(item.idxs) // per_block
+        blocks.append(block)
+    return blocks
+
+
+# torch-pruning's handlers are bound methods created afresh per dependency: compare with ==.
+_OUT = (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
+        tp.prune_depthwise_conv_out_channels)
+_IN = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+
+def removes_outputs(dep) -> bool:
+    """Whether a dependency cuts its layer's neurons (not its inputs, not a norm's channels)."""
+    return dep.handler in _OUT
+
+
+def removes_inputs(dep) -> bool:
+    """Whether a dependency cuts a conv or linear layer's input channels."""
+    return dep.handler in _IN
+
+
+def group_of(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):
+    """torch-pruning's group for removing neurons ``idxs`` of ``module``."""
+    handler = tp.prune_linear_out_channels if isinstance(module, nn.Linear) \
+        else tp.prune_conv_out_channels
+    return graph.get_pruning_group(module, handler, idxs)
+
+
+def root_groups(graph: tp.DependencyGraph, model: nn.Module, example_input: Tensor) -> list:
+    """The root (module, handler) of every group of coupled neurons, classifier left out."""
+    classifier = dict(model.named_modules())[classifier_of(model, example_input)]
+    return [(g[0].dep.target.module, g[0].dep.handler) for g in graph.get_all_groups(
+        ignored_layers=[classifier], root_module_types=neuron_layer_types())]
+
+
+def apply(group) -> None:
+    """torch-pruning's surgery, except for grouped convolutions' inputs, which it gets wrong
+    for uneven patterns (it keeps the first indices of the flattened list)."""
+    for dep, idxs in group:
+        m = dep.target.module
+        if dep.handler == tp.prune_conv_in_channels and m.groups > 1:
+            _prune_grouped_inputs(m, idxs)
+        else:
+            dep(idxs)
+
+
+def _prune_grouped_inputs(conv: nn.Module, idxs: list[int]) -> None:
+    per_in = conv.in_channels // conv.groups
+    per_out = conv.out_channels // conv.groups
+    drop = torch.zeros(conv.in_channels, dtype=torch.bool)
+    drop[idxs] = True
+    w = conv.weight.detach()
+    parts = []
+    for g in range(conv.groups):
+        keep = (~drop[g * per_in:(g + 1) * per_in]).nonzero().flatten()
+        parts.append(w[g * per_out:(g + 1) * per_out].index_select(1, keep))
+    conv.weight = nn.Parameter(torch.cat(parts))
+    conv.in_channels -= len(idxs)

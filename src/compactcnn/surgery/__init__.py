@@ -1,0 +1,6 @@
+"""Physical removal of dead neurons: a smaller dense model, checked for the same outputs."""
+
+from compactcnn.surgery.compaction import compact
+from compactcnn.surgery.outcome import CompactionReport, GroupOutcome
+
+__all__ = ["CompactionReport", "GroupOutcome", "compact"]

@@ -1,0 +1,52 @@
+"""The edits compaction makes to a model, and how to undo them.
+
+torch-pruning does the channel surgery (through :mod:`compactcnn.sparsity.tp_adapter`);
+folding a constant into a bias and keeping grouped convolutions even are ours.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from compactcnn.layers import kind_of
+from compactcnn.surgery.outcome import KEPT_GROUPED, GroupOutcome
+
+
+def balance(dead: Tensor, blocks: list[Tensor], outcome: GroupOutcome) -> Tensor:
+    """Keep as many dead neurons as needed for every grouped convolution to stay even."""
+    dead = dead.clone()
+    changed = True
+    while changed and blocks:
+        changed = False
+        for block in blocks:
+            n_blocks = int(block.max()) + 1
+            counts = torch.bincount(block[dead], minlength=n_blocks)
+            k = int(counts.min())
+            for b in range(n_blocks):
+                extra = (dead & (block == b)).nonzero().flatten()[k:]
+                if extra.numel():
+                    dead[extra] = False
+                    outcome.kept[KEPT_GROUPED] += extra.numel()
+                    changed = True
+    return dead
+
+
+def fold(consumer: nn.Module, cols: Tensor, values: Tensor, dead: Tensor) -> None:
+    """Add what the removed constant inputs contributed to the consumer's bias."""
+    delta = kind_of(consumer).fold(consumer, cols[dead].flatten(), values[dead].flatten())
+    if not bool(delta.ne(0).any()):
+        return
+    bias = consumer.bias.detach() if consumer.bias is not None else torch.zeros_like(delta)
+    consumer.bias = nn.Parameter(bias + delta)
+
+
+def snapshot(m: nn.Module) -> dict:
+    return {"dict": dict(m.__dict__), "_parameters": dict(m._parameters),
+            "_buffers": dict(m._buffers)}
+
+
+def restore(m: nn.Module, state: dict) -> None:
+    m.__dict__.update(state["dict"])
+    m._parameters = state["_parameters"]
+    m._buffers = state["_buffers"]
