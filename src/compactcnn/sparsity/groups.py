@@ -33,6 +33,9 @@ def _index(root_idxs: Sequence[int], idxs: Sequence[int], size: int) -> Tensor |
     return torch.tensor([i for _, i in pairs]).reshape(size, -1)
 
 
+_NORM_PARTS = {"weight": "scale", "bias": "shift"}
+
+
 def _slices_of(item, names: dict[nn.Module, str], size: int, full: bool) -> list[Slice]:
     module = item.dep.target.module
     name = names.get(module)
@@ -45,27 +48,28 @@ def _slices_of(item, names: dict[nn.Module, str], size: int, full: bool) -> list
         return []
     slices = []
 
-    def add(pname: str, param: nn.Parameter, dim: int, role: str) -> None:
+    def add(pname: str, param: nn.Parameter, dim: int, role: str, part: str) -> None:
         # The identity over the group's neurons is the whole parameter only when the layer has
         # no other channels (a norm after a concatenation or an add has those of the others).
         own = index if index is not None or param.shape[dim] == size \
             else torch.arange(size).reshape(size, 1)
         if own is not None:  # gathers need the index where the parameter lives
             own = own.to(param.device)
-        slices.append(Slice(f"{name}.{pname}", param, dim, own, role))
+        slices.append(Slice(f"{name}.{pname}", param, dim, own, role, part))
 
     if holds_neurons(module) and outgoing:
-        add("weight", module.weight, 0, "out")
+        add("weight", module.weight, 0, "out", "weight")
         if module.bias is not None:
-            add("bias", module.bias, 0, "out")
+            add("bias", module.bias, 0, "out", "bias")
     elif holds_neurons(module) and incoming and full:
         grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
         if not grouped:
-            add("weight", module.weight, 1, "in")
+            add("weight", module.weight, 1, "in", "input")
     elif isinstance(module, follower_types()):
         for pname, p in module.named_parameters(recurse=False):
             if p.dim() >= 1 and p.shape[0] > 1:
-                add(pname, p, 0, "out")
+                add(pname, p, 0, "out", _NORM_PARTS.get(pname, "other")
+                    if not isinstance(module, nn.PReLU) else "other")
     return slices
 
 

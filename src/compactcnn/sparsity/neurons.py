@@ -4,6 +4,13 @@ A neuron is one output unit of a layer: for a convolution one 3-D filter, for a 
 one weight row. Its *group* holds every scalar that exists only because the neuron exists
 (weight row, bias, the affine parameters of its norm, coupled layers' slices). The optimizer,
 compaction and accounting all ask :func:`dead_rows` whether a neuron is dead.
+
+**Dead.** A neuron is dead when its output no longer depends on the input: its weight row is
+exactly 0.0 in every layer that produces it, or the scale (gamma) of the norm that normalises it
+is exactly 0.0 in every such norm. It then emits a constant: zero when its bias and shift are
+zero too (group lasso zeroes them with the rest of the group), otherwise a constant that
+compaction folds into the next layer's bias. A neuron killed through its norm's scale, as
+network slimming does, is therefore dead too.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ class Slice:
     dim: int
     index: Tensor | None = None
     role: str = "out"
+    # Which part of its layer the slice is: "weight" or "bias" of a neuron layer, "scale" or
+    # "shift" of a norm, "input" of the next layer, "other" (a PReLU slope, say).
+    part: str = "weight"
 
     def rows(self) -> Tensor:
         """The neuron-major matrix ``[neurons, elements per neuron]`` of this slice."""
@@ -97,11 +107,9 @@ class NeuronGroup:
         return total.sqrt()
 
     def dead(self) -> Tensor:
-        """Boolean ``[neurons]``: True where every scalar of the neuron is exactly 0.0."""
-        alive = torch.zeros(self.size, dtype=torch.bool, device=self.device)
-        for s in self.slices:
-            alive |= s.rows().ne(0).any(dim=1)
-        return ~alive
+        """Boolean ``[neurons]``, on the parameters' device: see :func:`dead_rows`."""
+        return dead_rows([s.rows() for s in self.slices if s.part == "weight"],
+                         [s.rows() for s in self.slices if s.part == "scale"])
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -117,3 +125,19 @@ class NeuronGroup:
             where = "all" if s.index is None else f"{s.index.shape[1]} per neuron"
             lines.append(f"  {s.role:3} {s.name:40} dim {s.dim}  {where}")
         return "\n".join(lines)
+
+
+def dead_rows(weights: list[Tensor], scales: list[Tensor]) -> Tensor:
+    """The one test of death: ``[neurons]`` True where every producing weight row is all 0.0,
+    or every norm scale is 0.0 (``weights`` and ``scales`` are neuron-major matrices).
+
+    A group with neither (a norm after an add, alone) has no dead neurons.
+    """
+    rows = weights or scales
+    if not rows:
+        raise ValueError("dead_rows needs at least one weight or scale matrix")
+    dead = torch.zeros(rows[0].shape[0], dtype=torch.bool, device=rows[0].device)
+    for matrices in (weights, scales):
+        if matrices:
+            dead |= torch.stack([m.eq(0).all(dim=1) for m in matrices]).all(dim=0)
+    return dead

@@ -31,10 +31,6 @@ def _squared_norms(group: NeuronGroup) -> Tensor:
     return squares.sum(dim=1)
 
 
-def _dead(group: NeuronGroup) -> Tensor:
-    """``group.dead()`` computed on the parameters' device (that one builds its mask on the CPU)."""
-    return ~torch.stack([s.rows().ne(0).any(dim=1) for s in group.slices]).any(dim=0)
-
 
 def _along_dim(s: Slice, per_neuron: Tensor, fill: float | bool) -> Tensor:
     """A per-neuron vector laid along ``s.dim`` of ``s.param``, shaped to broadcast against it.

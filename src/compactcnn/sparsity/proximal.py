@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from compactcnn.errors import CompactCNNError
 from compactcnn.sparsity.neurons import NeuronGroup
 from compactcnn.sparsity.penalties import GroupLasso, ProximalMap
-from compactcnn.sparsity.prox_steps import _along_dim, _dead, _squared_norms
+from compactcnn.sparsity.prox_steps import _along_dim, _squared_norms
 
 
 class ProximalOptimizer(Optimizer):
@@ -209,7 +209,7 @@ class ProximalOptimizer(Optimizer):
         """Group name -> (live, dead) neurons, read from the parameters as they are now."""
         counts = {}
         for group in self.groups:
-            dead = int(_dead(group).sum())
+            dead = int(group.dead().sum())
             counts[group.name] = (group.size - dead, dead)
         return counts
 
