@@ -16,3 +16,23 @@ def tiny_cnn(num_classes: int = 10) -> nn.Module:
 def broken(num_classes: int = 10) -> nn.Module:
     """A factory that fails, as user code may."""
     raise RuntimeError(f"cannot build a model for {num_classes} classes")
+
+
+def tiny_mlp_bn(num_classes: int = 10) -> nn.Module:
+    """For a 1 x 4 x 4 input: a BatchNorm1d that a batch of one breaks in training mode."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                         nn.Linear(8, num_classes))
+
+
+class _FailingForward(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        raise ValueError("this model refuses every input")
+
+
+def fails_forward(num_classes: int = 10) -> nn.Module:
+    """Builds, then fails in forward with an error that is not torch's, as user code may."""
+    return _FailingForward(num_classes)

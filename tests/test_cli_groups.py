@@ -27,3 +27,8 @@ def test_full_groups_add_the_next_layers_inputs(capsys) -> None:
 def test_unknown_model_is_one_line(capsys) -> None:
     assert main(["groups", "nosuch"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_groups_traces_in_eval_mode_so_batchnorm_takes_a_batch_of_one(capsys) -> None:
+    assert main(["groups", "tests.fixtures_models:tiny_mlp_bn", "--input", "1,4,4"]) == 0
+    assert "group 1: 8 neurons" in capsys.readouterr().out

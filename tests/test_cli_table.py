@@ -99,6 +99,35 @@ def test_remove_conv5_drops_the_hand_figure(capsys):
     assert doc["memory"]["params_bytes"] == doc["total_params"] * 4
 
 
+# --- shapes only, on the meta device ----------------------------------------------------------
+
+
+def test_table_of_a_huge_input_allocates_nothing(capsys):
+    """4e12 pixels, 16 TB as float32: this passes only if nothing real is allocated."""
+    code = main(["table", "lenet5", "--input", "1,2000000,2000000", "--json"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["input"] == [1, 2_000_000, 2_000_000]
+    assert doc["layers"][0]["feature_map"] == 20 * 1_999_996 ** 2
+
+
+def test_table_builds_zoo_models_without_storage(capsys, monkeypatch):
+    """The model is made on the meta device, so building AlexNet initialises nothing."""
+    devices = []
+    real = models.create
+
+    def spy(*a, **k):
+        model = real(*a, **k)
+        devices.append(next(model.parameters()).device)
+        return model
+
+    monkeypatch.setattr(models, "create", spy)
+    assert main(["table", "alexnet"]) == 0
+    assert devices == [torch.device("meta")]
+    assert "60,965,224" in capsys.readouterr().out
+
+
 # --- the other sources: import paths and model files -----------------------------------------
 
 

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -113,16 +113,22 @@ def assert_report_consistent(model, small, report, killed: dict[str, int] | None
     """What the report says agrees with the models and with itself.
 
     ``killed`` neurons (per group of :func:`neuron_groups`) are the dead ones the report must
-    find; with ``exact=False`` only an upper bound on their number (neuron_groups leaves out a
-    coupled layer that only some of a group's neurons reach: a concatenation into an add).
+    find, each either dead or alive in a coupled layer; with ``exact=False`` only an upper
+    bound on their number.
     """
     for g in report.groups:
         from_dead = sum(n for reason, n in g.kept.items() if reason != KEPT_COUPLED)
         assert g.removed + from_dead == g.dead, g
         assert 0 <= g.folded <= g.removed
     if killed is not None and exact:
-        assert {g.name: g.dead for g in report.groups if g.dead} == \
-            {k: v for k, v in killed.items() if v}
+        # A killed neuron is dead, or alive in a coupled layer that neuron_groups leaves out
+        # of its group (one only some of the group's neurons reach: a concatenation into an add).
+        # Such a group is named after its first layer with slices; compaction's, its first.
+        found = {g.name: g.dead + g.kept[KEPT_COUPLED] for g in report.groups}
+        expected = {g.name: sum(n for k, n in killed.items() if k in g.layers)
+                    for g in report.groups}
+        assert {k: v for k, v in found.items() if v} == {k: v for k, v in expected.items() if v}
+        assert sum(found.values()) == sum(killed.values())
     elif killed is not None:
         assert sum(g.dead for g in report.groups) <= sum(killed.values())
     d = report.as_dict()
@@ -312,7 +318,7 @@ def random_cnns(draw):
 
 # Issue 6 asks for >= 200 random architectures and dead patterns in CI.
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(random_cnns(), st.sampled_from([0.0, 0.3, 0.6, 1.0]), st.booleans(),
+@given(random_cnns(), st.sampled_from([0.3, 0.6, 1.0]), st.booleans(),
        st.integers(0, 2**16))
 def test_random_cnns_compact_exactly(spec, fraction, constants, seed):
     body, flat, hidden, pool, shape = spec
@@ -321,6 +327,7 @@ def test_random_cnns_compact_exactly(spec, fraction, constants, seed):
     randomize_norms(model, seed)
     example = torch.randn(2, *shape)
     killed = kill(model, example, fraction, seed)
+    assume(sum(killed.values()) > 0)  # every case kills something
     if constants:
         # Dead rows with a bias: a constant to fold or to keep, depending on the consumer.
         g = torch.Generator().manual_seed(seed)
@@ -338,7 +345,16 @@ def test_random_cnns_compact_exactly(spec, fraction, constants, seed):
     model.eval(), small.eval()
     assert report.max_abs_output_diff <= 1e-5
     assert max_diff(model, small, shape, seed=seed) <= 1e-5
-    assert_report_consistent(model, small, report, None if constants else killed, exact=False)
+    assert_report_consistent(model, small, report, None if constants else killed)
+    # Nothing in these networks mixes neurons or hides from torch-pruning: a dead neuron goes,
+    # or stays for a reason its consumer, an add with the live input, or its layer gives.
+    assert not set(report.kept) & {KEPT_OUTPUT, KEPT_ACROSS}
+    if not constants:  # dead rows emit zero (sigmoid 0.5): only sigmoid gates leave constants
+        expected = widths(model)
+        for g in report.groups:
+            for layer in g.layers:
+                expected[layer] -= g.removed
+        assert widths(small) == expected
     assert report.after.total_params == count(small)
     with torch.no_grad():
         assert small(torch.randn(1, *shape)).shape == (1, 3)

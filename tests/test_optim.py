@@ -26,6 +26,7 @@ from compactcnn.sparsity import (
     SparseGroupLasso,
     neuron_groups,
 )
+from compactcnn.sparsity.step_length import rule_for, step_length
 
 MNIST_INPUT = torch.zeros(1, 1, 28, 28)
 CIFAR_INPUT = torch.zeros(1, 3, 32, 32)
@@ -140,11 +141,13 @@ def train(model, opt, images, labels, steps: int, batch: int = 64) -> list[float
     return losses
 
 
-@pytest.mark.parametrize("make_base,lam,buffers", [
-    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 0.02, ["momentum_buffer"]),
-    (lambda p: torch.optim.Adam(p, lr=2e-3), 0.5, ["exp_avg", "exp_avg_sq"]),
+@pytest.mark.parametrize("make_base,lam,reset,kept", [
+    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 0.02, ["momentum_buffer"], []),
+    # Adam's step length is lr / sqrt(v_hat) per neuron, some hundred times lr here
+    (lambda p: torch.optim.Adam(p, lr=2e-3), 1e-3, ["exp_avg"], ["exp_avg_sq"]),
 ])
-def test_training_lenet5_kills_neurons_and_zeroes_their_state(fashion, make_base, lam, buffers):
+def test_training_lenet5_kills_neurons_and_zeroes_their_momentum(fashion, make_base, lam, reset,
+                                                                  kept):
     images, labels = fashion
     model, groups = model_and_groups("lenet5")
     opt = ProximalOptimizer(make_base(model.parameters()), groups, GroupLasso(lam))
@@ -156,14 +159,16 @@ def test_training_lenet5_kills_neurons_and_zeroes_their_state(fashion, make_base
     assert 0 < int(dead.sum()) < fc3.out_features
     assert opt.neuron_counts()["fc3"] == (int((~dead).sum()), int(dead.sum()))
     for p in (fc3.weight, fc3.bias):
-        for key in buffers:
+        for key in reset:
             state = opt.state[p][key]
             assert torch.all(state[dead] == 0.0), key
             assert state[~dead].abs().sum() > 0, key
+        for key in kept:  # second moments survive death: see the revival test below
+            assert opt.state[p][key][dead].abs().sum() > 0, key
     for group in groups:
         dead = group.dead()
         for s in group.slices:
-            for key in buffers:
+            for key in reset:
                 assert torch.all(opt.state[s.param][key].movedim(s.dim, 0)[dead] == 0.0)
 
 
@@ -244,6 +249,48 @@ def test_a_dead_neuron_revives_only_when_the_gradient_beats_the_penalty(grad_nor
         assert torch.all(neuron == 0.0)
         assert torch.all(opt.state[fc1.weight]["momentum_buffer"][0] == 0.0)
     assert bool(opt.state[fc1.weight]["momentum_buffer"][0].abs().sum() > 0) == revives
+    assert opt.neuron_counts()["0"][1] == (0 if revives else 1)
+
+
+@pytest.mark.parametrize("grad_norm,revives", [(1.0, False), (100.0, True)])
+def test_under_adam_a_dead_neuron_keeps_its_second_moment_and_revives_with_a_small_step(
+        grad_norm, revives):
+    model, (group,) = mlp()
+    fc1 = model[0]
+    lr, lam = 0.01, 0.2
+    opt = ProximalOptimizer(torch.optim.Adam(model.parameters(), lr=lr), [group],
+                            GroupLasso(lam), schedule=lambda k: float(k >= 10))
+    for _ in range(10):  # a history of unit gradients, without the penalty
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    with torch.no_grad():  # neuron 0 dies as the proximal step leaves it
+        for p in (fc1.weight, fc1.bias):
+            p[0] = 0
+            opt.state[p]["exp_avg"][0] = 0
+    direction = torch.randn(7)
+    direction *= grad_norm / direction.norm()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    fc1.weight.grad[0], fc1.bias.grad[0] = direction[:6], direction[6]
+    opt.step()
+
+    # Adam's step from zero with exp_avg reset: lr * m_hat / (sqrt(v_hat) + eps), m = 0.1 g
+    v = torch.cat([opt.state[fc1.weight]["exp_avg_sq"][0], opt.state[fc1.bias]["exp_avg_sq"][:1]])
+    v_hat, m_hat = v / (1 - 0.999 ** 11), 0.1 * direction / (1 - 0.9 ** 11)
+    after_base = -lr * m_hat / (v_hat.sqrt() + 1e-8)
+    length = float(step_length(rule_for(opt.base), group, opt.param_groups[0], opt.state,
+                               per_neuron=True)[0])
+    assert length == pytest.approx(lr / (float(v_hat.mean().sqrt()) + 1e-8), rel=1e-6)
+    threshold = length * lam * math.sqrt(7)
+    neuron = group.matrix()[0]
+    assert bool(after_base.norm() > threshold) == revives
+    if revives:
+        torch.testing.assert_close(neuron, after_base * (1 - threshold / after_base.norm()))
+        assert neuron.abs().max() < lr  # not the ~3 lr per scalar of a reset second moment
+    else:
+        assert torch.all(neuron == 0.0)
+    assert torch.all(opt.state[fc1.weight]["exp_avg_sq"][0] > 0)  # kept through death
     assert opt.neuron_counts()["0"][1] == (0 if revives else 1)
 
 

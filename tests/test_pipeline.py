@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from compactcnn.accounting.accuracy import evaluate
 from compactcnn.cli import main
 from compactcnn.data import FASHION_MNIST_DIR, load_dataset
 from compactcnn.files import modelfile as io
 from compactcnn.run import loop as training
-from compactcnn.run.loop import evaluate
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                 reason="Debian's dataset-fashion-mnist is not installed")

@@ -32,10 +32,11 @@ def as_input(model: nn.Module, example: Example, batch: int = 1, seed: int = 0) 
     if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
         raise CompactCNNError(f"an example input is a tensor or a shape of positive integers, "
                               f"got {example!r}")
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), None)
+    if device is not None and device.type == "meta":  # shapes only: nothing to draw or hold
+        return torch.empty(batch, *shape, device=device)
     x = example_input(shape, batch, seed)
-    for t in (*model.parameters(), *model.buffers()):
-        return x.to(t.device)
-    return x
+    return x if device is None else x.to(device)
 
 
 def shape_of(example: Example) -> tuple[int, ...]:

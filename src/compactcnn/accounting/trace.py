@@ -104,7 +104,11 @@ def _other_row(name: str, params: list[nn.Parameter]) -> LayerRow:
 
 
 def neuron_table(model: nn.Module, example: Example, name: str = "model") -> NeuronTable:
-    """Trace ``model`` on ``example`` (a batch, or a (C, H, W) shape) and list its layers."""
+    """Trace ``model`` on ``example`` (a batch, or a (C, H, W) shape) and list its layers.
+
+    Only shapes are read, so a model and a batch on the meta device give the same table
+    without allocating anything, whatever the input size.
+    """
     input_shape = shape_of(example)
     try:
         rows = _trace(model, as_input(model, example)[:1])

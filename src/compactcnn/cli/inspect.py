@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from compactcnn.cli.common import add_model_arguments
+from compactcnn.cli.common import add_model_arguments, model_from
 
 
 def _table(args: argparse.Namespace) -> int:
+    import torch
+
     from compactcnn.accounting import cascade, format_table, neuron_table
     from compactcnn.accounting.cascade import parse_removals
-    from compactcnn.sources import parse_input, resolve
 
-    shape = parse_input(args.input) if args.input is not None else None
     removals = parse_removals(args.remove)
-    model, shape, name = resolve(args.model, classes=args.classes, input_shape=shape)
-    table = neuron_table(model, shape, name)
+    # The table needs shapes only: on the meta device an input of any size costs no memory,
+    # and the example is made there too rather than drawn on the CPU and moved.
+    model, shape, name = model_from(args, args.model, device="meta")
+    table = neuron_table(model, torch.zeros((1, *shape), device="meta"), name)
     if removals:
         table = cascade(model, table, removals)
     if args.json:
@@ -27,11 +29,9 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _groups(args: argparse.Namespace) -> int:
-    from compactcnn.sources import parse_input, resolve
     from compactcnn.sparsity import describe, neuron_groups
 
-    shape = parse_input(args.input) if args.input is not None else None
-    model, shape, _ = resolve(args.model, classes=args.classes, input_shape=shape)
+    model, shape, _ = model_from(args, args.model)  # in eval mode: a batch of one suffices
     groups = neuron_groups(model, shape, full=args.full)
     if args.json:
         print(json.dumps([{"name": g.name, "layers": list(g.layers), "neurons": g.size,

@@ -6,17 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from compactcnn.cli.common import fresh_output
+from compactcnn.cli.common import add_input_arguments, fresh_output, model_from
 from compactcnn.errors import CompactCNNError
 
 
 def _compact(args: argparse.Namespace) -> int:
     from compactcnn.files import modelfile
-    from compactcnn.sources import resolve
     from compactcnn.surgery import compact
 
     out = fresh_output(args.out, args.force)
-    model, shape, _ = resolve(args.checkpoint)
+    model, shape, _ = model_from(args, args.checkpoint)
+    modelfile.spec_of(model)  # refuses a model that could not be saved, before the work
     small, report = compact(model, shape, strict=args.strict)
     modelfile.save(small, out)
     if args.json:
@@ -30,7 +30,6 @@ def _compact(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from compactcnn.deploy import EXPORTERS
     from compactcnn.run.rundir import MODEL, run_file
-    from compactcnn.sources import resolve
 
     wanted = {name: getattr(args, name) for name in EXPORTERS if getattr(args, name)}
     if not wanted:
@@ -38,7 +37,7 @@ def _export(args: argparse.Namespace) -> int:
                               + ", ".join(f"--{name} FILE" for name in EXPORTERS))
     source = Path(args.source)
     model_file = run_file(source, MODEL) if source.is_dir() else source
-    model, shape, _ = resolve(str(model_file))
+    model, shape, _ = model_from(args, str(model_file))
     result: dict = {"model": str(model_file)}
     for name, path in wanted.items():
         out = fresh_output(path, args.force)
@@ -56,7 +55,9 @@ def add_commands(sub) -> None:
     from compactcnn.deploy import EXPORTERS
 
     c = sub.add_parser("compact", help="remove dead neurons from a model file")
-    c.add_argument("checkpoint", help="a model file with dead (all-zero) neurons")
+    c.add_argument("checkpoint", help="a model file with dead (all-zero) neurons "
+                   "(or package.module:callable)")
+    add_input_arguments(c)
     c.add_argument("--out", required=True, help="where to write the compact model")
     c.add_argument("--strict", action="store_true",
                    help="fail instead of keeping one neuron of a layer that died entirely")
@@ -65,7 +66,8 @@ def add_commands(sub) -> None:
     c.set_defaults(run=_compact)
 
     e = sub.add_parser("export", help="export a compact model: " + ", ".join(EXPORTERS))
-    e.add_argument("source", help="a run folder or a model file")
+    e.add_argument("source", help="a run folder, a model file, or package.module:callable")
+    add_input_arguments(e)
     for name in EXPORTERS:
         e.add_argument(f"--{name}", metavar="FILE", help=f"write {name} and check its outputs")
     e.add_argument("--force", action="store_true", help="replace existing files")

@@ -42,7 +42,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_config_options(p: argparse.ArgumentParser) -> None:
+def add_config_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """One option per field of the run configuration, with its help, type and choices.
 
     Every default is None here, so that only what the user typed overrides the TOML file;
@@ -53,6 +53,8 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml",
                    help="options from a TOML file; the command line wins")
     for f in fields(TrainConfig):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = "" if f.default in (MISSING, None) else f" (default {f.default})"
         kind = field_type(f.name)

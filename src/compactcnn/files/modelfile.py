@@ -3,12 +3,18 @@
 A model file is one safetensors file: the tensors, plus JSON metadata naming the zoo model,
 its constructor arguments, and the width of every layer. A compacted model's widths match
 no constructor default, so loading builds the zoo model and then narrows each layer to the
-recorded widths before adopting the tensors. Nothing in the file is ever executed.
+recorded widths before adopting the tensors. A factorised model also differs in structure:
+the ``structure`` entry names each zoo layer that a pair of layers replaced (``{"fc3":
+"factorised"}``), and loading rebuilds those pairs first, so that the widths of their halves
+(``fc3.first``, ``fc3.second``) narrow them like any layer. Files without the entry (all those
+written before factorisation existed) have no replaced layers. Nothing in the file is ever
+executed.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +28,15 @@ from compactcnn.evalmode import eval_mode
 from compactcnn.files.atomic import atomic_write
 from compactcnn.files.safetensors_file import read_safetensors
 from compactcnn.layers import kind_of
+from compactcnn.layers.factorised import Factorised
 
 FORMAT = "compactcnn.model/1"
+
+# Modules that replace a zoo layer with a different structure, by the name files record, and
+# how to build one in place of the zoo's layer (at any size: the recorded widths follow).
+_STRUCTURES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], nn.Module]]] = {
+    "factorised": (Factorised, lambda layer: Factorised.like(layer, rank=1)),
+}
 
 
 def spec_of(model: nn.Module) -> dict[str, Any]:
@@ -38,7 +51,8 @@ def encode(model: nn.Module, extra: dict | None = None) -> bytes:
     """The bytes of a model file (see :func:`save`)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "spec": json.dumps(spec_of(model)),
-            "widths": json.dumps(_widths(model)), "extra": json.dumps(extra or {})}
+            "widths": json.dumps(_widths(model)), "structure": json.dumps(_structure(model)),
+            "extra": json.dumps(extra or {})}
     return st_save(tensors, metadata=meta)
 
 
@@ -52,6 +66,7 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     meta, tensors = read_safetensors(path, FORMAT, "model file")
     try:
         parsed = {k: json.loads(meta[k]) for k in ("spec", "widths", "extra")}
+        parsed["structure"] = json.loads(meta.get("structure", "{}"))
     except (KeyError, json.JSONDecodeError):
         raise CompactCNNError(f"{path} has corrupt compactcnn metadata") from None
     return parsed, tensors
@@ -70,12 +85,25 @@ def load(path: str | Path) -> nn.Module:
             raise ValueError("the spec and the widths must be JSON objects")
         spec = dict(spec)
         model = models.create(spec.pop("name"), **spec)
+        _rebuild(model, meta["structure"])
         _narrow(model, widths)
         _adopt(model, tensors)
         _check(model)
     except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as e:
         raise CompactCNNError(f"{path} does not describe a valid model: {e}") from None
     return model.eval()
+
+
+def _rebuild(model: nn.Module, structure: dict[str, str]) -> None:
+    """Put the recorded replacements in place of the zoo's layers, before any narrowing."""
+    if not isinstance(structure, dict):
+        raise ValueError("the structure must be a JSON object")
+    for name, kind in structure.items():
+        if kind not in _STRUCTURES:
+            raise ValueError(f"{name!r} has unknown structure {kind!r}")
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, child, _STRUCTURES[kind][1](getattr(owner, child)))
 
 
 def _narrow(model: nn.Module, widths: dict[str, dict[str, int]]) -> None:
@@ -132,6 +160,12 @@ def _check(model: nn.Module) -> None:
 def _shape(name: str, attr: str, t: torch.Tensor | None, want: tuple[int, ...]) -> None:
     if t is not None and tuple(t.shape) != tuple(want):
         raise ValueError(f"{name}.{attr} has shape {list(t.shape)}, its widths say {list(want)}")
+
+
+def _structure(model: nn.Module) -> dict[str, str]:
+    """The modules that replaced a zoo layer, by name, with the structure each has."""
+    return {name: kind for name, m in model.named_modules()
+            for kind, (cls, _) in _STRUCTURES.items() if isinstance(m, cls)}
 
 
 def _widths(model: nn.Module) -> dict[str, dict[str, int]]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from compactcnn.errors import CompactCNNError
+from compactcnn.methods import METHODS, OURS
+from compactcnn.methods.budget import Budget
 from compactcnn.sparsity.penalties import PENALTIES
 
 OPTIMIZERS = ("sgd", "adam")
@@ -29,8 +31,9 @@ class TrainConfig:
     data: str = option("fashion-mnist", "fashion-mnist, folder:PATH or synthetic")
     data_dir: str | None = option(None, "another copy of the Fashion-MNIST IDX files")
     reg: str = option("group", "the sparse constraint", tuple(PENALTIES))
-    lam: float = option(3e-4, "penalty weight")
+    lam: float = option(3e-4, "penalty weight (with --target, where lam starts)")
     lam1: float = option(0.0, "l1 weight of sparse-group")
+    lam_rank: float = option(0.0, "nuclear-norm weight of group+low-rank")
     epochs: int = option(12, "epochs of (sparse) training")
     finetune_epochs: int = option(0, "train the compact model N more epochs")
     optimizer: str = option("sgd", "the base optimizer", OPTIMIZERS)
@@ -44,13 +47,20 @@ class TrainConfig:
     val_fraction: float = option(0.1, "share of the training images held out for validation")
     augment: bool = option(False, "random crops and flips")
     warmup_epochs: float = option(0.0, "ramp lam from 0 over these epochs")
-    lr_warmup_epochs: float = option(0.0, "ramp the learning rate from lr/10 over these epochs")
+    lr_warmup_epochs: float = option(1.0, "ramp the learning rate from lr/10 over these epochs "
+                                     "(Caffe's LeNet, without normalisation, diverges without it)")
     min_neurons: int = option(1, "neurons every layer keeps, whatever the penalty")
+    method: str | None = option(None, "how the network is made compact (default: the --reg "
+                                "penalty with --lam as given)", tuple(METHODS))
+    target: str | None = option(None, "the budget: params=F and/or flops=F, e.g. params=0.10")
+    prune_fraction: float = option(0.5, "with --target: the share of the epochs spent reaching "
+                                   "it; the compact network trains for the rest")
+    widths: str | None = option(None, "scratch: the live neurons of each layer, LAYER=N,...")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            if choices and getattr(self, f.name) not in (*choices, None):
                 raise CompactCNNError(f"unknown {f.name} '{getattr(self, f.name)}'; choose one "
                                       f"of: {', '.join(choices)}")
         for name in ("epochs", "batch_size"):
@@ -59,13 +69,41 @@ class TrainConfig:
         for name in ("finetune_epochs", "seed", "min_neurons"):
             if getattr(self, name) < 0:
                 raise CompactCNNError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lam", "lam1", "weight_decay", "warmup_epochs", "lr_warmup_epochs",
+        for name in ("lam", "lam1", "lam_rank", "weight_decay", "warmup_epochs", "lr_warmup_epochs",
                      "momentum"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise CompactCNNError(f"{name} must be >= 0, got {value}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise CompactCNNError(f"lr must be > 0, got {self.lr}")
+        self._check_method()
+
+    def _check_method(self) -> None:
+        """A method of ours sets the penalty; a baseline trains without one; either way the
+        configuration ends up saying what the run does, so a resumed run compares equal."""
+        if not 0 < self.prune_fraction <= 1:
+            raise CompactCNNError(f"prune_fraction must be in (0, 1], got {self.prune_fraction}")
+        if self.target is not None:
+            Budget.parse(self.target)
+        if self.widths is not None:
+            parse_widths(self.widths)
+        if self.method is None:
+            if self.target is not None and self.reg == "none":
+                raise CompactCNNError("a target needs a method: choose --method (or --reg)")
+            return
+        object.__setattr__(self, "reg", self.method if self.method in OURS else "none")
+        if self.target is None:
+            raise CompactCNNError(f"method {self.method} needs a budget: add --target, e.g. "
+                                  "params=0.10")
+
+    @property
+    def budget(self) -> Budget | None:
+        return Budget.parse(self.target) if self.target is not None else None
+
+    @property
+    def method_name(self) -> str:
+        """The method this run uses: the one named, or the penalty's."""
+        return self.method or self.reg
 
     @property
     def learning_rate(self) -> float:
@@ -80,3 +118,15 @@ def field_type(name: str) -> type:
     """The Python type of a field (``int`` for ``int | None``): what TOML and argparse parse."""
     f = next(f for f in fields(TrainConfig) if f.name == name)
     return {"str": str, "int": int, "float": float, "bool": bool}[str(f.type).split(" | ")[0]]
+
+
+def parse_widths(text: str) -> dict[str, int]:
+    """``"conv1=12,conv2=20"`` -> ``{"conv1": 12, "conv2": 20}``."""
+    out = {}
+    for part in text.split(","):
+        layer, sep, n = part.strip().partition("=")
+        if not sep or not layer or not (n.isascii() and n.isdigit() and int(n) > 0):
+            raise CompactCNNError(f"malformed widths '{text}': expected LAYER=N,..., e.g. "
+                                  "conv1=12,conv2=20")
+        out[layer] = int(n)
+    return out

@@ -20,41 +20,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from compactcnn.data.loaders import epoch_loader, make_loader
+from compactcnn.accounting.accuracy import evaluate
+from compactcnn.data.loaders import epoch_loader
 from compactcnn.data.splits import Splits
 from compactcnn.errors import CompactCNNError
-from compactcnn.evalmode import eval_mode
 from compactcnn.run.config import TrainConfig
+from compactcnn.run.device import model_device
 from compactcnn.run.distributed import rank_loader
-from compactcnn.run.optimizers import base_optimizer, batches_per_epoch
+from compactcnn.run.optimizers import base_optimizer, batches_per_epoch, schedule
 from compactcnn.run.rundir import CHECKPOINT
-from compactcnn.run.session import (
-    Progress,
-    Session,
-    live_neurons,
-    model_device,
-    save_checkpoint,
-    schedule,
-)
-
-
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, float]:
-    """(mean loss, accuracy) in eval mode."""
-    device = model_device(model)
-    loss, correct, seen = 0.0, 0, 0
-    with eval_mode(model), torch.no_grad():
-        for x, y in make_loader(dataset, batch_size, shuffle=False, seed=0):
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-            seen += len(y)
-    return loss / max(seen, 1), correct / max(seen, 1)
-
-
+from compactcnn.run.session import Progress, Session, live_neurons, save_checkpoint
 
 
 class _StopOnSigint:
@@ -141,8 +119,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     return p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1)
 
 
-def train(session: Session, run_dir: Path) -> Session:
-    """Train from where ``session`` stands to the configured number of epochs.
+def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
+    """Train from where ``session`` stands to epoch ``until`` (default: the configured epochs).
 
     A checkpoint is written after every epoch, and on Ctrl-C after the current batch, and
     then KeyboardInterrupt is raised for the caller to report.
@@ -157,7 +135,7 @@ def train(session: Session, run_dir: Path) -> Session:
     # Under torchrun a Ctrl-C reaches the ranks at different batches, and a rank that stops
     # early would leave the others waiting in an all-reduce: there it simply ends the run.
     with _StopOnSigint() if not world.active else nullcontext(_NEVER) as sigint:
-        while session.epoch < cfg.epochs:
+        while session.epoch < (cfg.epochs if until is None else until):
             e = session.epoch
             loader = (rank_loader(session.splits.train, cfg.batch_size, cfg.seed, e, world)
                       if world.active else
@@ -183,6 +161,37 @@ def train(session: Session, run_dir: Path) -> Session:
                 tqdm.write(f"epoch {e + 1}/{cfg.epochs}  loss {loss:.4f}  acc {acc:.4f}  "
                        f"val {val_acc:.4f}  {status()}")
     return session
+
+
+def train_compact(model: nn.Module, splits: Splits, cfg: TrainConfig, first_epoch: int,
+                  restart: bool) -> list[dict[str, Any]]:
+    """Train the compact network from epoch ``first_epoch`` to the configured epochs.
+
+    The learning rate follows the run's own schedule from where the sparse phase left it, so
+    the run is one schedule whatever the method; with ``restart`` (a network trained from
+    scratch) it starts that schedule at step 0, warm-up included. The batches are the epochs'
+    own, as if the run had never changed networks.
+    """
+    per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
+    optimizer = base_optimizer(cfg, model)
+    epochs = cfg.epochs - first_epoch
+    done = 0 if restart else first_epoch * per_epoch
+    scheduler = schedule(optimizer, (done + epochs * per_epoch),
+                         round(cfg.lr_warmup_epochs * per_epoch))
+    for _ in range(done):  # the schedule's position: arithmetic only, no training
+        optimizer.step()
+        scheduler.step()
+    history = []
+    for e in range(first_epoch, cfg.epochs):
+        loader = epoch_loader(splits.train, cfg.batch_size, cfg.seed, e, cfg.augment)
+        start = time.perf_counter()
+        loss, acc = run_epoch(model, optimizer, scheduler, loader, f"epoch {e + 1}/{cfg.epochs}")
+        val_loss, val_acc = evaluate(model, splits.val)
+        history.append({"epoch": e + 1, "loss": loss, "accuracy": acc, "val_loss": val_loss,
+                        "val_accuracy": val_acc, "seconds": time.perf_counter() - start})
+        tqdm.write(f"epoch {e + 1}/{cfg.epochs} (compact)  loss {loss:.4f}  acc {acc:.4f}  "
+                   f"val {val_acc:.4f}")
+    return history
 
 
 def finetune(model: nn.Module, splits: Splits, cfg: TrainConfig) -> list[dict[str, Any]]:

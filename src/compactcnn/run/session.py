@@ -13,6 +13,8 @@ from compactcnn import models
 from compactcnn.data.splits import Splits, load_dataset
 from compactcnn.errors import CompactCNNError
 from compactcnn.files import checkpoint as checkpoint_file
+from compactcnn.methods import Context
+from compactcnn.run.budgeted import attach
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.device import model_device
 from compactcnn.run.distributed import SINGLE, World
@@ -37,6 +39,7 @@ class Session:
     world: World = SINGLE
     forward: nn.Module | None = None  # the DistributedDataParallel wrapper, when launched
     workers: int = 0  # loader processes; the batches do not depend on it
+    ctx: Context | None = None  # the method's, for a run with a budget
 
     @property
     def net(self) -> nn.Module:
@@ -58,12 +61,13 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
                           input_size=h).to(device)
     per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
     base = base_optimizer(cfg, model)
-    penalty = make_penalty(cfg.reg, cfg.lam, cfg.lam1)
+    penalty = make_penalty(cfg.reg, cfg.lam, cfg.lam1, cfg.lam_rank)
     if penalty is not None:
         groups = neuron_groups(model, splits.train[:1][0].to(device))
         base = ProximalOptimizer(base, groups, penalty,
                                  warmup_steps=round(cfg.warmup_epochs * per_epoch),
                                  min_neurons=cfg.min_neurons)
+    ctx = attach(model, base, cfg, splits) if cfg.budget is not None else None
     scheduler = schedule(base, cfg.epochs * per_epoch, round(cfg.lr_warmup_epochs * per_epoch))
     forward = None
     if world.active:
@@ -72,15 +76,8 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
         forward = nn.parallel.DistributedDataParallel(
             model, device_ids=[model_device(model)] if model_device(model).type == "cuda"
             else None)
-    return Session(cfg, splits, model, base, scheduler, [], world=world, forward=forward)
-
-
-
-
-
-
-
-
+    return Session(cfg, splits, model, base, scheduler, [], world=world, forward=forward,
+                   ctx=ctx)
 
 
 def save_checkpoint(session: Session, path: Path) -> None:
@@ -88,7 +85,9 @@ def save_checkpoint(session: Session, path: Path) -> None:
         "config": asdict(session.cfg), "epoch": session.epoch, "history": session.history,
         "progress": asdict(session.progress),
         "model": session.model.state_dict(), "optimizer": session.optimizer.state_dict(),
-        "scheduler": session.scheduler.state_dict(), "rng": torch.get_rng_state()})
+        "scheduler": session.scheduler.state_dict(), "rng": torch.get_rng_state(),
+        "method": {k: v.state_dict() for k, v in session.ctx.state.items()}
+        if session.ctx else {}})
 
 
 def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
@@ -106,7 +105,9 @@ def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
         session.model.load_state_dict(state["model"])
         session.optimizer.load_state_dict(state["optimizer"])
         session.scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, KeyError, ValueError) as e:
+        for key, value in state.get("method", {}).items():
+            session.ctx.state[key].load_state_dict(value)
+    except (RuntimeError, KeyError, ValueError, AttributeError) as e:
         raise CompactCNNError(f"{path} does not fit this model: {str(e).splitlines()[0]}"
                               ) from None
     torch.set_rng_state(state["rng"])
@@ -116,10 +117,10 @@ def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
     return session
 
 
-
-
 def live_neurons(session: Session) -> dict[str, int]:
-    """Live neurons per group right now (all of them for the dense baseline)."""
+    """Live neurons per group right now (none listed for the dense baseline)."""
+    if session.ctx is not None:
+        return {g.name: g.size - int(g.dead().sum()) for g in session.ctx.groups}
     if isinstance(session.optimizer, ProximalOptimizer):
         return {k: live for k, (live, _) in session.optimizer.neuron_counts().items()}
     return {}

@@ -7,11 +7,13 @@ from compactcnn.sparsity.neurons import NeuronGroup, Slice
 from compactcnn.sparsity.penalties import (
     PENALTIES,
     GroupLasso,
+    GroupLowRank,
     LowRank,
     SparseGroupLasso,
     make_penalty,
 )
 from compactcnn.sparsity.proximal import ProximalOptimizer
 
-__all__ = ["PENALTIES", "GroupLasso", "LowRank", "NeuronGroup", "ProximalOptimizer", "Slice",
-           "SparseGroupLasso", "describe", "make_penalty", "neuron_groups"]
+__all__ = ["PENALTIES", "GroupLasso", "GroupLowRank", "LowRank", "NeuronGroup",
+           "ProximalOptimizer", "Slice", "SparseGroupLasso", "describe", "make_penalty",
+           "neuron_groups"]

@@ -6,7 +6,7 @@ row per neuron, every scalar the neuron owns side by side) and returns the proxi
 maps never touch their input, so they can be checked against their formulas in isolation; the
 optimizer decides where the result is written.
 
-All three penalties are linear in their weights, so ``prox(step, penalty.scaled(f))`` equals
+All the penalties are linear in their weights, so ``prox(step, penalty.scaled(f))`` equals
 ``prox(step * f, penalty)``: schedules may scale either.
 """
 
@@ -133,19 +133,51 @@ class LowRank:
         return replace(self, lam=self.lam * factor)
 
 
+@dataclass(frozen=True)
+class GroupLowRank:
+    """lam * group lasso + lam_rank * nuclear norm: fewer neurons, and low rank among the rest.
+
+    The step is the low-rank map followed by the group map, each with its own weight. That is
+    a composition, not the exact proximal map of the sum (which has no closed form), and the
+    order is deliberate: an SVD round trip turns exact zeros into rounding noise, so the group
+    step comes last and the neurons it kills stay exactly 0.0, which is what compaction and the
+    optimizer's dead-neuron bookkeeping look for. Scaling rows keeps the rank the low-rank step
+    left, so the survivors can still be factorised (:func:`compactcnn.surgery.factorise`).
+    """
+
+    lam: float
+    lam_rank: float
+    weighted: bool = True
+    name: ClassVar[str] = "group+low-rank"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lam", _weight("lam", self.lam))
+        object.__setattr__(self, "lam_rank", _weight("lam_rank", self.lam_rank))
+
+    def __call__(self, matrix: Tensor, step: float) -> Tensor:
+        return GroupLasso(self.lam, self.weighted)(LowRank(self.lam_rank)(matrix, step), step)
+
+    def scaled(self, factor: float) -> GroupLowRank:
+        return replace(self, lam=self.lam * factor, lam_rank=self.lam_rank * factor)
+
+
 # The penalties by the name a configuration gives them; "none" trains the dense baseline.
-# Each builder takes (lam, lam1): lam weighs the group term, lam1 the l1 term of sparse-group.
-PENALTIES: dict[str, Callable[[float, float], ProximalMap | None]] = {
-    "none": lambda lam, lam1: None,
-    "group": lambda lam, lam1: GroupLasso(lam),
-    "sparse-group": lambda lam, lam1: SparseGroupLasso(lam1, lam),
-    "low-rank": lambda lam, lam1: LowRank(lam),
+# Each builder takes (lam, lam1, lam_rank): lam weighs the group term (and low-rank's nuclear
+# norm on its own), lam1 the l1 term of sparse-group, lam_rank the nuclear norm of
+# group+low-rank.
+PENALTIES: dict[str, Callable[[float, float, float], ProximalMap | None]] = {
+    "none": lambda lam, lam1, lam_rank: None,
+    "group": lambda lam, lam1, lam_rank: GroupLasso(lam),
+    "sparse-group": lambda lam, lam1, lam_rank: SparseGroupLasso(lam1, lam),
+    "low-rank": lambda lam, lam1, lam_rank: LowRank(lam),
+    "group+low-rank": lambda lam, lam1, lam_rank: GroupLowRank(lam, lam_rank),
 }
 
 
-def make_penalty(name: str, lam: float, lam1: float = 0.0) -> ProximalMap | None:
+def make_penalty(name: str, lam: float, lam1: float = 0.0,
+                 lam_rank: float = 0.0) -> ProximalMap | None:
     """The proximal map called ``name``, or None for the dense baseline."""
     if name not in PENALTIES:
         raise CompactCNNError(f"unknown penalty '{name}'; choose one of: "
                               + ", ".join(PENALTIES))
-    return PENALTIES[name](lam, lam1)
+    return PENALTIES[name](lam, lam1, lam_rank)

@@ -20,16 +20,20 @@ from torch.optim import Optimizer
 from compactcnn.errors import CompactCNNError
 from compactcnn.sparsity.neurons import NeuronGroup
 from compactcnn.sparsity.penalties import GroupLasso, ProximalMap
-from compactcnn.sparsity.prox_steps import _along_dim, _squared_norms
+from compactcnn.sparsity.prox_steps import group_lasso_in_place, prox_matrix, reset_state
+from compactcnn.sparsity.step_length import rule_for, step_length
 
 
 class ProximalOptimizer(Optimizer):
     """An optimizer whose every step is followed by a proximal step on each neuron group.
 
-    **Step size.** A group is shrunk with the learning rate of the base optimizer's param
-    group that holds the group's first parameter, read at every step, so LR schedules and
-    per-group learning rates carry over to the penalty as FOBOS requires. With adaptive
-    optimizers (Adam) this is the nominal lr, not the per-coordinate step actually taken.
+    **Step length.** A group is shrunk by the step the base optimizer takes per unit of
+    gradient, read from the param group that holds the group's first parameter and from the
+    optimizer's state at every step, so LR schedules and per-group learning rates carry over
+    to the penalty as FOBOS requires. For SGD (with or without momentum) that is ``lr``; for
+    Adam, AdamW, Adamax, RMSprop, Adadelta and Adagrad it is one length per neuron, from the
+    optimizer's running averages over the neuron's scalars, so that one lam means the same
+    under all of them. Other optimizers are refused; see :mod:`.step_length` for the rule.
 
     **Penalty weight.** lam is multiplied by a factor that ramps linearly from 0 at the
     first step to 1 after ``warmup_steps`` steps (so a fresh network is not pruned before it
@@ -37,24 +41,31 @@ class ProximalOptimizer(Optimizer):
     linear in lam, so the factor scales the step handed to the proximal map.
 
     **Dead neurons** are exactly 0.0 in every scalar of their group, in every coupled layer.
-    After each proximal step their slices of every optimizer buffer shaped like a parameter
-    (SGD's momentum, Adam's moments) are zeroed too: otherwise momentum alone would push a
-    dead neuron back out of zero for many steps after the penalty killed it.
+    After each proximal step their slices of the optimizer's momentum buffers (SGD's and
+    RMSprop's ``momentum_buffer``, Adam's ``exp_avg``) are zeroed: otherwise momentum alone
+    would push a dead neuron back out of zero for many steps after the penalty killed it.
+    Second moments (``exp_avg_sq``, ``square_avg``, Adagrad's sums) are kept: see revival.
 
     **Revival.** There is no permanent mask. A later gradient makes a dead neuron non-zero
     again after the base step, and the proximal step zeroes it again unless that step moved
-    it farther than the threshold ``lr * lam * sqrt(scalars per neuron)`` (group lasso):
-    a neuron comes back only when the loss gradient outweighs the penalty, which is the
-    FOBOS optimality condition for a zero group. With Adam the comparison is against the
-    normalised update, about ``3 * lr`` per scalar right after the moments were reset.
+    it farther than the threshold ``step length * lam * sqrt(scalars per neuron)`` (group
+    lasso): a neuron comes back only when the loss gradient outweighs the penalty, which is
+    the FOBOS optimality condition for a zero group. Under SGD that step is ``lr * g``, so a
+    gradient of norm above ``lam * sqrt(size)`` revives. Under Adam the dead neuron keeps its
+    second moments, so its first step back is ``(1 - beta1) * g / sqrt(v_hat)`` per scalar
+    (not the ~3 lr per scalar a reset ``exp_avg_sq`` would give), measured against a
+    threshold in the same units: it revives when ``(1 - beta1) * |g|`` beats
+    ``lam * sqrt(size)``, and re-enters with a step the size of its old ones. (Heavy-ball SGD
+    has the same 1 / (1 - momentum) margin between reviving and staying alive.)
 
     **min_neurons.** When a step would leave a group fewer live neurons than this, the largest
     of its dying neurons (by norm before the proximal step) keep their values from after the
     base step, so at least ``min_neurons`` stay live (neurons that were already all zero
     cannot be kept); a warning names the group, once per group.
 
-    GroupLasso runs in place (one multiply per parameter, bit-identical to the pure map);
-    other penalties go through ``group.matrix()`` and ``group.write()``.
+    GroupLasso runs in place (one multiply per parameter, bit-identical to the pure map
+    under SGD); other penalties go through ``group.matrix()`` and ``group.write()`` with one
+    step length per group.
     """
 
     def __init__(
@@ -73,6 +84,7 @@ class ProximalOptimizer(Optimizer):
         for name, value in (("warmup_steps", warmup_steps), ("min_neurons", min_neurons)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CompactCNNError(f"{name} must be an integer >= 0, got {value!r}")
+        self._rule = rule_for(base)
         _check_held(base, groups)
         self.base = base
         self.groups = list(groups)
@@ -129,81 +141,33 @@ class ProximalOptimizer(Optimizer):
         factor = self.lam_factor()
         self._steps += 1
         if factor > 0 and self.groups:
-            lrs = {id(p): float(g["lr"]) for g in self.param_groups for p in g["params"]}
+            hyper = {id(p): g for g in self.param_groups for p in g["params"]}
             with torch.no_grad():
                 for group in self.groups:
-                    self._prox(group, lrs[id(group.slices[0].param)] * factor)
+                    self._prox(group, hyper[id(group.slices[0].param)], factor)
         return loss
 
-    def _prox(self, group: NeuronGroup, step: float) -> None:
-        if isinstance(self.penalty, GroupLasso):
-            dead = self._group_lasso_in_place(self.penalty, group, step)
+    def _prox(self, group: NeuronGroup, hyper: dict[str, Any], factor: float) -> None:
+        in_place = isinstance(self.penalty, GroupLasso)
+        step = step_length(self._rule, group, hyper, self.base.state, per_neuron=in_place)
+        if in_place:
+            outcome = group_lasso_in_place(self.penalty, group, step * factor, self.min_neurons)
         else:
-            dead = self._prox_matrix(group, step)
-        neurons = dead.nonzero().flatten()
+            outcome = prox_matrix(self.penalty, group, step * factor, self.min_neurons)
+        if outcome.would_leave is not None:
+            self._warn_protected(group, outcome.would_leave)
+        neurons = outcome.dead.nonzero().flatten()
         if len(neurons):
-            self._reset_state(group, neurons)
+            reset_state(group, neurons, self.base.state, self._rule.momentum)
 
-    def _group_lasso_in_place(self, penalty: GroupLasso, group: NeuronGroup,
-                              step: float) -> Tensor:
-        """The group-lasso map without the matrix round trip; returns the dead mask.
-
-        Same numbers as ``GroupLasso.__call__``, bit for bit (see :func:`_squared_norms`), but
-        the parameters are scaled in place, one multiply each, instead of building, shrinking
-        and writing back a copy of the group.
-        """
-        squared = _squared_norms(group)
-        width = sum(s.per_neuron for s in group.slices)
-        scale = penalty.factor(squared, width, step)
-        dead = scale == 0
-        restore = self._protect(group, dead, squared) if self.min_neurons else None
-        if restore is not None:
-            scale = torch.where(restore, torch.ones_like(scale), scale)
-            dead &= ~restore
-        for s in group.slices:
-            s.param.data.mul_(_along_dim(s, scale, 1.0))
-        return dead
-
-    def _prox_matrix(self, group: NeuronGroup, step: float) -> Tensor:
-        matrix = group.matrix()
-        new = self.penalty(matrix, step)
-        dead = ~new.ne(0).any(dim=1)
-        if self.min_neurons:  # the norms are only needed to choose whom to keep
-            restore = self._protect(group, dead, matrix.square().sum(dim=1))
-            if restore is not None:
-                new = torch.where(restore.unsqueeze(1), matrix, new)
-                dead &= ~restore
-        group.write(new)
-        return dead
-
-    def _protect(self, group: NeuronGroup, dead: Tensor, squared: Tensor) -> Tensor | None:
-        """Which dying neurons to keep as they were so that ``min_neurons`` stay live."""
-        need = min(self.min_neurons, group.size)
-        live = group.size - int(dead.sum())
-        if live >= need:
-            return None
-        keep = torch.zeros_like(dead)
-        keep[squared.topk(need).indices] = True
-        if group.name not in self._warned:
-            self._warned.add(group.name)
-            warnings.warn(
-                f"group '{group.name}': the penalty would leave {live} of {group.size} neurons "
-                f"live; keeping the {need} largest (min_neurons={self.min_neurons})",
-                stacklevel=4)
-        return keep & dead & (squared > 0)
-
-    def _reset_state(self, group: NeuronGroup, neurons: Tensor) -> None:
-        """Zero the slices of ``neurons`` in every parameter-shaped optimizer buffer.
-
-        These are the entries ``Slice.neuron_mask`` clears; ``index_fill_`` touches only them
-        instead of sweeping a parameter-sized mask over every buffer at every step.
-        """
-        for s in group.slices:
-            buffers = [t for t in self.base.state.get(s.param, {}).values()
-                       if isinstance(t, Tensor) and t.shape == s.param.shape]
-            channels = neurons if s.index is None else s.index.to(neurons.device)[neurons]
-            for buffer in buffers:
-                buffer.index_fill_(s.dim, channels.flatten(), 0.0)
+    def _warn_protected(self, group: NeuronGroup, live: int) -> None:
+        if group.name in self._warned:
+            return
+        self._warned.add(group.name)
+        warnings.warn(
+            f"group '{group.name}': the penalty would leave {live} of {group.size} neurons "
+            f"live; keeping the {min(self.min_neurons, group.size)} largest "
+            f"(min_neurons={self.min_neurons})", stacklevel=3)
 
     def neuron_counts(self) -> dict[str, tuple[int, int]]:
         """Group name -> (live, dead) neurons, read from the parameters as they are now."""

@@ -7,7 +7,8 @@ behaviour shows up here, and in ``tests/test_tp_adapter.py``, and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch_pruning as tp
@@ -62,9 +63,88 @@ class _Graph(tp.DependencyGraph):
     for its own, so that they follow the removals.
     """
 
+    def build_dependency(self, *args, **kwargs):
+        self.unmapped: set = set()
+        with _tolerant_reshapes(self.unmapped):
+            return super().build_dependency(*args, **kwargs)
+
     def get_pruning_group(self, *args, **kwargs):
         _map_flattened_concats(self)
-        return super().get_pruning_group(*args, **kwargs)
+        with _tolerant_reshapes(self.unmapped):
+            return super().get_pruning_group(*args, **kwargs)
+
+    def get_all_groups(self, ignored_layers=(), root_module_types=()):
+        """torch-pruning's groups, except that a layer whose group it cannot build (its index
+        mappings run past their channels beside a channel shuffle) is left out and listed in
+        ``ungrouped`` instead of failing them all."""
+        self.ungrouped: list[nn.Module] = []
+        ignored = [*ignored_layers, *self.IGNORED_LAYERS_IN_TRACING]
+        visited: set[nn.Module] = set()
+        for m in list(self.module2node):
+            if m in ignored or m in visited or not isinstance(m, tuple(root_module_types)):
+                continue
+            pruner = self.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            try:
+                group = self.get_pruning_group(m, pruner.prune_out_channels,
+                                               list(range(pruner.get_out_channels(m))))
+            except (IndexError, ValueError, ZeroDivisionError, RuntimeError):
+                self.ungrouped.append(m)
+                continue
+            outs = [d.target.module for d, _ in group if self.is_out_channel_pruning_fn(d.handler)]
+            visited.update(outs)
+            if not any(o in ignored for o in outs):
+                yield group
+
+
+@contextmanager
+def _tolerant_reshapes(unmapped: set) -> Iterator[None]:
+    """torch-pruning (1.6) divides by zero on a reshape whose channels it cannot infer (the
+    view of a channel shuffle, as in ShuffleNet), and its index lists explode past it. Such a
+    reshape is added to ``unmapped`` and made a dead end: groups reach it and stop there (see
+    :func:`through_unmapped`)."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph, node):
+        if node not in unmapped and _splits_channels(node.grad_fn):
+            unmapped.add(node)
+            node.dependencies.clear()
+        if node in unmapped:
+            return
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            unmapped.add(node)
+            node.dependencies.clear()
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
+def _splits_channels(grad_fn) -> bool:
+    """Whether a reshape splits channels into (groups, channels per group) or merges them
+    back, as a channel shuffle does: [N, C, H, W] <-> [N, G, C/G, H, W]."""
+    before = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    meta = getattr(grad_fn, "_input_metadata", None)
+    if before is None or not meta:
+        return False
+    shapes = sorted([tuple(before), tuple(meta[0].shape)], key=len)
+    small, large = shapes
+    return len(small) == 4 and len(large) == 5 and small[0] == large[0] \
+        and small[2:] == large[3:] and small[1] == large[1] * large[2]
+
+
+def through_unmapped(graph: tp.DependencyGraph, group) -> bool:
+    """Whether the group's channels reach a reshape torch-pruning could not follow, past which
+    its group is incomplete."""
+    unmapped = getattr(graph, "unmapped", set())
+    return any(item.dep.target in unmapped for item in group)
 
 
 def _map_flattened_concats(graph: tp.DependencyGraph) -> None:
@@ -191,3 +271,30 @@ def _prune_grouped_inputs(conv: nn.Module, idxs: list[int]) -> None:
         parts.append(w[g * per_out:(g + 1) * per_out].index_select(1, keep))
     conv.weight = nn.Parameter(torch.cat(parts))
     conv.in_channels -= len(idxs)
+
+
+def group_norm_pruner(model: nn.Module, example_input: Tensor, reg: float):
+    """Torch-Pruning's GroupNormPruner (the `torch-pruning` baseline), classifier left alone.
+
+    Its ``regularize(model)`` adds the group-norm gradient between backward and the step; its
+    importance ranks neurons; the removal itself is left to compactcnn's compaction so that
+    every method is accounted and checked the same way.
+    """
+    classifier = dict(model.named_modules())[classifier_of(model, example_input)]
+    with eval_mode(model):
+        return tp.pruner.GroupNormPruner(
+            model, example_input, importance=tp.importance.GroupMagnitudeImportance(p=2),
+            reg=reg, global_pruning=True, ignored_layers=[classifier],
+            root_module_types=list(neuron_layer_types()))
+
+
+def pruner_importance(pruner, model: nn.Module) -> dict[str, Tensor]:
+    """The pruner's importance of every neuron, by the name of its group's root layer."""
+    names = {m: n for n, m in model.named_modules()}
+    out = {}
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        imp = pruner.estimate_importance(group)
+        if imp is not None:
+            out[names[group[0].dep.target.module]] = imp.detach().cpu()
+    return out

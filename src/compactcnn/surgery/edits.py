@@ -32,9 +32,10 @@ def balance(dead: Tensor, blocks: list[Tensor], outcome: GroupOutcome) -> Tensor
     return dead
 
 
-def fold(consumer: nn.Module, cols: Tensor, values: Tensor, dead: Tensor) -> None:
-    """Add what the removed constant inputs contributed to the consumer's bias."""
-    delta = kind_of(consumer).fold(consumer, cols[dead].flatten(), values[dead].flatten())
+def fold(consumer: nn.Module, cols: Tensor, values: Tensor) -> None:
+    """Add what the removed constant inputs (``values`` on input columns ``cols``) contributed
+    to the consumer's bias."""
+    delta = kind_of(consumer).fold(consumer, cols, values)
     if not bool(delta.ne(0).any()):
         return
     bias = consumer.bias.detach() if consumer.bias is not None else torch.zeros_like(delta)

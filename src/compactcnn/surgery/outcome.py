@@ -58,6 +58,9 @@ class CompactionReport:
     flops_after: int
     groups: list[GroupOutcome]
     max_abs_output_diff: float
+    # Forward passes of the model that compaction ran, tracing and accounting included: its
+    # cost in units of one inference.
+    forward_passes: int = 0
 
     @property
     def kept(self) -> Counter:
@@ -79,7 +82,8 @@ class CompactionReport:
         return {"dense": side(self.before, self.flops_before),
                 "compact": side(self.after, self.flops_after),
                 "layers": self.layers(), "groups": [g.as_dict() for g in self.groups],
-                "kept": dict(self.kept), "max_abs_output_diff": self.max_abs_output_diff}
+                "kept": dict(self.kept), "max_abs_output_diff": self.max_abs_output_diff,
+                "forward_passes": self.forward_passes}
 
     def format(self, dtype: str = "float32", batch: int = 1) -> str:
         b, a = self.before, self.after

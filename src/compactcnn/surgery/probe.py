@@ -1,118 +1,118 @@
-"""Looking at what a silent neuron delivers where it is consumed: zeros, a foldable constant, or
-something that keeps it.
+"""What a dead neuron delivers where it is consumed: zeros, a foldable constant, or something
+that keeps it.
+
+One forward pass records, for every input column of every consumer (a channel of a
+convolution, a feature of a linear layer), whether it is constant over the probe batch and
+every position, and its value. Each group then reads its neurons' columns from that record,
+so looking costs one pass for the whole model, not one per group.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 
-from compactcnn.layers import holds_neurons, kind_of
+from compactcnn.layers import kind_of
 from compactcnn.sparsity.tp_adapter import removes_inputs
-from compactcnn.surgery.outcome import KEPT_CONSTANT, KEPT_VARYING
-
-# Normalisations that mix neurons: removing a zero neuron shifts the others' windows or
-# changes their mean and variance, so it is never exact there, however small the effect.
-_ACROSS = (nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.LayerNorm, nn.GroupNorm)
+from compactcnn.surgery.candidates import root_rows
+from compactcnn.surgery.outcome import KEPT_CONSTANT, KEPT_TIED, KEPT_VARYING
 
 
-def root_rows(item) -> tuple[Tensor, Tensor]:
-    return torch.tensor(item.root_idxs, dtype=torch.long), torch.tensor(item.idxs,
-                                                                         dtype=torch.long)
+def channel_dim(module: nn.Module) -> int:
+    """Where a consumer's input channels are: last for a linear layer (which also reads
+    channels-last tensors, as ConvNeXt's blocks do), second for a convolution."""
+    return -1 if isinstance(module, nn.Linear) else 1
 
 
-def silent_neurons(group, size: int) -> tuple[Tensor, Tensor]:
-    """Neurons whose producing weight rows are exactly 0.0 in every coupled layer, and in some."""
-    silent = torch.ones(size, dtype=torch.bool)
-    partly = torch.zeros(size, dtype=torch.bool)
+@dataclass
+class Columns:
+    """Per input column of one consumer: constant everywhere it was seen, and its value."""
+
+    constant: Tensor
+    value: Tensor
+
+    def merge(self, other: Columns) -> Columns:  # a module called more than once
+        same = self.constant & other.constant & (self.value == other.value)
+        return Columns(same, self.value)
+
+
+def _columns(module: nn.Module, x: Tensor) -> Columns:
+    x = x.detach().movedim(channel_dim(module), 0)
+    x = x.reshape(x.shape[0], -1)
+    return Columns((x == x[:, :1]).all(dim=1), x[:, 0].clone())
+
+
+def record_columns(work: nn.Module, consumers: set[nn.Module], probe: Tensor
+                   ) -> dict[nn.Module, Columns]:
+    """One forward pass: every consumer's input columns."""
+    seen: dict[nn.Module, Columns] = {}
+
+    def hook(m: nn.Module, inputs) -> None:
+        cols = _columns(m, inputs[0])
+        seen[m] = seen[m].merge(cols) if m in seen else cols
+
+    handles = [m.register_forward_pre_hook(hook) for m in consumers]
+    try:
+        with torch.no_grad():
+            work(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def consumer_columns(item, neurons: Tensor) -> Tensor:
+    """``[neurons, per neuron]``: the consumer's input columns of each of the root
+    ``neurons`` (ascending), in order.
+
+    The order (by column) survives other groups' removals, which only shift columns, so
+    values stored against it now still line up when the removal is made later.
+    """
+    roots, cols = root_rows(item)
+    order = torch.argsort(roots * (int(cols.max()) + 1 if cols.numel() else 1) + cols)
+    roots, cols = roots[order], cols[order]
+    n = neurons.numel()
+    if cols.numel() % n or not torch.equal(roots, neurons.repeat_interleave(cols.numel() // n)):
+        raise ValueError("uneven consumer mapping")
+    return cols.reshape(n, -1)
+
+
+@dataclass
+class Delivery:
+    """What the group's dead neurons deliver: per consumer the constants to fold (``[size,
+    per]``, 0 where nothing is folded), and per neuron the reason it stays ("" if it may go)."""
+
+    folds: dict[nn.Module, Tensor] = field(default_factory=dict)
+    fate: list[str] = field(default_factory=list)
+
+
+def deliveries(group, dead: Tensor, seen: dict[nn.Module, Columns]) -> Delivery:
+    size = dead.numel()
+    out = Delivery(fate=[""] * size)
     for item in group:
         m = item.dep.target.module
-        if holds_neurons(m) and not removes_inputs(item.dep):
-            roots, rows = root_rows(item)
-            zero = m.weight.detach().index_select(0, rows).flatten(1).eq(0).all(dim=1)
-            silent[roots] &= zero
-            partly[roots] |= zero
-    return silent, partly
-
-
-def probe_consumers(work: nn.Module, group, silent: Tensor, probe: Tensor):
-    """Look at what each silent neuron delivers to each consumer.
-
-    Returns the folds to apply (consumer -> (input positions per neuron, constant values per
-    neuron)) and, per neuron, the reason it must stay ("" when it may go).
-    """
-    size = silent.numel()
-    fate = [""] * size
-    consumers = [i for i in group if removes_inputs(i.dep)]
-    seen: dict[nn.Module, Tensor] = {}
-    hooks = [i.dep.target.module.register_forward_pre_hook(
-        lambda m, inp: seen.__setitem__(m, inp[0].detach())) for i in consumers]
-    try:
-        with torch.no_grad():
-            work(probe)
-    finally:
-        for h in hooks:
-            h.remove()
-    folds = {}
-    for item in consumers:
-        m = item.dep.target.module
-        roots, cols = root_rows(item)
-        order = torch.argsort(roots, stable=True)
-        roots, cols = roots[order], cols[order]
-        per = cols.numel() // size
-        cols = cols.reshape(size, per)
-        x = seen[m].movedim(1, 0)[cols.flatten()].reshape(size, per, -1)
-        constant = (x == x[..., :1]).all(dim=-1).all(dim=-1)
-        values = x[..., 0]
-        zero = constant & (values == 0).all(dim=-1)
+        if not removes_inputs(item.dep):
+            continue
+        try:
+            cols = consumer_columns(item, torch.arange(size))
+            constant = seen[m].constant[cols].all(dim=1)
+            values = seen[m].value[cols]
+        except (ValueError, IndexError, KeyError):  # not seen, or mapped past its inputs
+            _keep(out.fate, dead, KEPT_TIED)
+            continue
+        zero = constant & (values == 0).all(dim=1)
         foldable = kind_of(m).foldable(m)
-        for k in silent.nonzero().flatten().tolist():
-            if fate[k] or zero[k]:
-                continue
-            if not constant[k]:
-                fate[k] = KEPT_VARYING
-            elif not foldable:
-                fate[k] = KEPT_CONSTANT
-        if foldable and bool((constant & ~zero & silent).any()):
-            folds[m] = (cols, torch.where((constant & silent)[:, None], values, 0.0))
-    return folds, fate
+        _keep(out.fate, dead & ~constant, KEPT_VARYING)
+        if not foldable:
+            _keep(out.fate, dead & constant & ~zero, KEPT_CONSTANT)
+        elif bool((constant & ~zero & dead).any()):
+            out.folds[m] = torch.where((constant & dead)[:, None], values, 0.0)
+    return out
 
 
-def reaches_across(work: nn.Module, group, silent: Tensor, probe: Tensor) -> bool:
-    """Whether the silent neurons' channels reach a normalisation across neurons.
-
-    Found by perturbing them where they are produced and watching the normalisations' inputs.
-    """
-    norms = [m for m in work.modules() if isinstance(m, _ACROSS)]
-    producers = [(item.dep.target.module, root_rows(item)) for item in group
-                 if holds_neurons(item.dep.target.module) and not removes_inputs(item.dep)]
-    if not norms or not producers:
-        return False
-    seen: dict[str, list[Tensor]] = {"plain": [], "nudged": []}  # every normalisation input
-    phase = ["plain"]
-    hooks = [m.register_forward_pre_hook(lambda m, inp: seen[phase[0]].append(inp[0].detach()))
-             for m in norms]
-
-    def nudge(rows: Tensor):
-        def hook(m, inp, out):
-            out = out.clone()
-            out[:, rows] += 1.0
-            return out
-        return hook
-
-    try:
-        with torch.no_grad():
-            work(probe)
-            for m, (roots, rows) in producers:
-                rows = rows[silent[roots]]
-                if rows.numel():
-                    hooks.append(m.register_forward_hook(nudge(rows)))
-            phase[0] = "nudged"
-            work(probe)
-    finally:
-        for h in hooks:
-            h.remove()
-    return any(not torch.equal(a, b)
-               for a, b in zip(seen["plain"], seen["nudged"], strict=True))
-
-
+def _keep(fate: list[str], which: Tensor, reason: str) -> None:
+    """Give each neuron in ``which`` that has no reason yet this one (the first cause wins)."""
+    for k in which.nonzero().flatten().tolist():
+        fate[k] = fate[k] or reason

@@ -1,0 +1,40 @@
+"""``compare``: every method at one budget, side by side (see compactcnn.run.compare)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from compactcnn.cli.training import add_config_options
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from compactcnn.run.compare import DEFAULT_METHODS, compare
+    from compactcnn.run.device import pick_device
+    from compactcnn.run.toml import config_from
+
+    cfg = config_from(args)
+    device = pick_device(args.device)
+    result = compare(cfg, Path(args.out), tuple(args.methods or DEFAULT_METHODS), str(device))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from compactcnn.run.compare_report import markdown
+
+        print(markdown(result))
+    return 0
+
+
+def add_commands(sub) -> None:
+    from compactcnn.methods import METHODS
+
+    c = sub.add_parser("compare", help="every method at one budget, side by side")
+    add_config_options(c, exclude=("method", "widths", "reg"))
+    c.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                   help="which methods (default: all): " + ", ".join(METHODS))
+    c.add_argument("--out", required=True, help="the comparison folder; each method runs in "
+                   "a subfolder, and a rerun picks up the finished ones")
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (training only)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(run=_compare)

@@ -1,0 +1,122 @@
+"""Static int8 quantisation through ONNX Runtime: int8 weights and activations, calibrated once.
+
+Why ONNX Runtime and not ``torch.ao.quantization``: PyTorch has moved quantisation to torchao;
+its documentation asks eager-mode users to migrate to torchao's ``quantize_`` and FX-mode users
+to torchao's PT2E flow, and plans to delete ``torch.ao.quantization``. PT2E would add torchao
+and ``torch.export`` as dependencies for a model that is deployed as ONNX anyway. ORT's
+``quantize_static`` is maintained, needs only the ``onnx`` extra already used for export, and
+quantises the very graph that will run, so the accuracy measured here is the deployed accuracy.
+
+Choices: QDQ format (QuantizeLinear/DequantizeLinear pairs, which ORT's CPU kernels are
+optimised for and other runtimes also read); per-channel weights (one scale per neuron, since
+filters differ in range, more so once group-sparse training has shrunk some of them); unsigned
+8-bit activations with signed 8-bit weights, as ORT's ``quantize_static`` guidance recommends for
+x86 with VNNI (for x86 without VNNI it adds ``reduce_range=True``, for ARM signed activations:
+the two arguments to change for such targets); min/max calibration on training images.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from compactcnn.evalmode import eval_mode
+from compactcnn.files.atomic import atomic_write
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import onnxruntime.quantization
+
+INPUT, OUTPUT = "input", "logits"
+
+
+def _onnxruntime() -> ModuleType:
+    """onnxruntime, imported late: it is an optional extra."""
+    try:
+        import onnxruntime
+        import onnxruntime.quantization
+    except ImportError:
+        raise ImportError("int8 quantisation needs the extra: pip install 'compactcnn[onnx]'"
+                          ) from None
+    return onnxruntime
+
+
+def _export_float(model: nn.Module, example: Tensor, path: Path) -> None:
+    # The TorchScript-based exporter warns that it is legacy; it needs no extra packages and
+    # handles every zoo model, so its deprecation notice is muted.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=[INPUT],
+                          output_names=[OUTPUT], opset_version=17, dynamo=False,
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+
+
+def _calibration_reader(images: np.ndarray, batch: int
+                        ) -> onnxruntime.quantization.CalibrationDataReader:
+    """A CalibrationDataReader over ``images`` in batches; ORT asks for feeds until None."""
+    quantization = _onnxruntime().quantization
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(np.array_split(images, -(-len(images) // batch)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            chunk = next(self._batches, None)
+            return None if chunk is None else {INPUT: chunk}
+
+    return Reader()
+
+
+def int8_session(path: str | Path | bytes) -> onnxruntime.InferenceSession:
+    """A CPU ONNX Runtime session for a quantised file (or its bytes)."""
+    ort = _onnxruntime()
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path),
+                                providers=["CPUExecutionProvider"])
+
+
+def predict_int8(model: str | Path | onnxruntime.InferenceSession, x: Tensor) -> Tensor:
+    """Logits of the quantised model for a batch; pass a session to reuse it across batches."""
+    session = int8_session(model) if isinstance(model, (str, Path)) else model
+    return torch.from_numpy(session.run(None, {INPUT: x.detach().cpu().float().numpy()})[0])
+
+
+def quantize_int8(model: nn.Module, calibration: Tensor, input_shape: tuple[int, int, int],
+                  path: str | Path, batch: int = 32) -> dict[str, float | int]:
+    """Export ``model`` to ONNX, quantise it statically to int8, write it to ``path``.
+
+    ``calibration`` is a batch of training images (N, *input_shape) that fixes the activation
+    ranges; the same images measure the damage. Returns ``bytes`` (the int8 file), ``float_bytes``
+    (the float ONNX file it came from) and ``max_logit_diff`` (max |int8 - float| logit on the
+    calibration batch). The file is written only once everything has succeeded, and atomically.
+    """
+    quantization = _onnxruntime().quantization
+    if tuple(calibration.shape[1:]) != tuple(input_shape) or len(calibration) == 0:
+        raise ValueError(f"calibration images have shape {tuple(calibration.shape)}, "
+                         f"expected (N, {', '.join(map(str, input_shape))})")
+    images = calibration.detach().cpu().float()
+    with tempfile.TemporaryDirectory() as tmp, eval_mode(model):
+        float_file, prepared, int8_file = (Path(tmp) / f for f in ("f.onnx", "p.onnx", "q.onnx"))
+        _export_float(model, images[:1], float_file)
+        # ORT's documented pre-processing: shape inference (a tensor of unknown shape is left
+        # unquantised) and graph optimisation (e.g. Conv+BN folding) before calibration.
+        quantization.quant_pre_process(str(float_file), str(prepared))
+        quantization.quantize_static(
+            str(prepared), str(int8_file), _calibration_reader(images.numpy(), batch),
+            quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8)
+        data = int8_file.read_bytes()
+        float_bytes = float_file.stat().st_size
+        with torch.no_grad():
+            want = model(images)
+    got = predict_int8(int8_session(data), images)
+    atomic_write(path, data)
+    return {"bytes": len(data), "float_bytes": float_bytes,
+            "max_logit_diff": float((got - want).abs().max())}

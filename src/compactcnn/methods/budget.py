@@ -1,0 +1,135 @@
+"""Budgets ("10% of the parameters", "a quarter of the FLOPs") and what a pattern of dead
+neurons costs, known exactly at every step without compacting anything.
+
+Dead neurons are removed exactly, so a model's compact size follows from its dead counts alone:
+removing ``d`` neurons of a group takes ``d`` times one neuron's share of every layer's outputs
+and inputs (its own row, the coupled layers' rows, the next layers' input columns). The
+:class:`CostModel` measures that share once per group, through the neuron table's cascade,
+and then prices any dead pattern with a few array operations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from compactcnn.accounting.cascade import cascade
+from compactcnn.accounting.table import NeuronTable
+from compactcnn.accounting.trace import neuron_table
+from compactcnn.errors import CompactCNNError
+from compactcnn.inputs import Example
+from compactcnn.sparsity.neurons import NeuronGroup
+
+METRICS = ("params", "flops")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Upper bounds on the compact model, as fractions of the dense model's figures."""
+
+    params: float | None = None
+    flops: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``"params=0.10"``, ``"flops=0.25"`` or both, comma-separated."""
+        values: dict[str, float] = {}
+        for part in text.split(","):
+            key, sep, value = part.strip().partition("=")
+            if not sep or key not in METRICS:
+                raise CompactCNNError(f"malformed target '{text}': expected params=F and/or "
+                                      "flops=F, e.g. params=0.10")
+            try:
+                fraction = float(value)
+            except ValueError:
+                raise CompactCNNError(f"target {key}={value!r} is not a number") from None
+            if not (math.isfinite(fraction) and 0 < fraction <= 1):
+                raise CompactCNNError(f"target {key}={value} must be a fraction in (0, 1]")
+            values[key] = fraction
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return ",".join(f"{k}={getattr(self, k):g}" for k in METRICS if getattr(self, k))
+
+    def excess(self, fractions: Mapping[str, float]) -> float:
+        """How far above the budget ``fractions`` are, relative to it (<= 0: met)."""
+        return max((fractions[k] / getattr(self, k) - 1 for k in METRICS
+                    if getattr(self, k) is not None), default=-1.0)
+
+    def met(self, fractions: Mapping[str, float]) -> bool:
+        return self.excess(fractions) <= 0
+
+
+class CostModel:
+    """Parameters and FLOPs of the compact model for any number of dead neurons per group.
+
+    Exact for groups whose neurons are interchangeable in cost (every plain, residual and
+    concatenated layer); for a group tied to a grouped convolution it is the average over the
+    minimal even removal.
+    """
+
+    def __init__(self, model: nn.Module, example: Example, groups: list[NeuronGroup]) -> None:
+        self.groups = groups
+        self.table: NeuronTable = neuron_table(model, example)
+        rows = self.table.layers
+        self._out = torch.tensor([r.output for r in rows], dtype=torch.float64)
+        self._in = torch.tensor([r.input for r in rows], dtype=torch.float64)
+        self._kernel = torch.tensor([r.width * r.height * r.depth if r.kind != "other" else 0
+                                     for r in rows], dtype=torch.float64)
+        self._own = torch.tensor([(r.bias + r.norm_per_neuron) if r.kind != "other"
+                                  else r.norm_per_neuron for r in rows], dtype=torch.float64)
+        self._hw = torch.tensor([r.out_hw for r in rows], dtype=torch.float64)
+        self._other = sum(r.other_params for r in rows)
+        d_out, d_in = [], []
+        for g in groups:
+            removed, after = _one_step(model, self.table, g)
+            pairs = list(zip(rows, after, strict=True))
+            d_out.append([(a.output - b.output) / removed for a, b in pairs])
+            d_in.append([(a.input - b.input) / removed for a, b in pairs])
+        self._d_out = torch.tensor(d_out, dtype=torch.float64).reshape(len(groups), len(rows))
+        self._d_in = torch.tensor(d_in, dtype=torch.float64).reshape(len(groups), len(rows))
+        self.dense = self.absolute(torch.zeros(len(groups)))
+
+    def absolute(self, dead: Tensor) -> dict[str, float]:
+        """Parameters and FLOPs with ``dead[g]`` neurons removed from group ``g``."""
+        dead = dead.to(torch.float64)
+        out = self._out - dead @ self._d_out
+        inp = self._in - dead @ self._d_in
+        params = out * (inp * self._kernel + self._own)
+        flops = 2 * out * inp * self._kernel * self._hw
+        return {"params": float(params.sum()) + self._other, "flops": float(flops.sum())}
+
+    def fractions(self, dead: Tensor) -> dict[str, float]:
+        """The same, as fractions of the dense model's."""
+        now = self.absolute(dead)
+        return {k: now[k] / self.dense[k] for k in METRICS}
+
+    def dead_counts(self) -> Tensor:
+        """Dead neurons per group, read from the parameters as they are now."""
+        return torch.tensor([int(g.dead().sum()) for g in self.groups], dtype=torch.float64)
+
+    def per_neuron(self, metric: str) -> Tensor:
+        """What one more dead neuron of each group saves now (the marginal cost), ``[groups]``."""
+        dead = self.dead_counts()
+        base = self.absolute(dead)[metric]
+        saved = []
+        for k in range(len(self.groups)):
+            more = dead.clone()
+            more[k] += 1
+            saved.append(base - self.absolute(more)[metric])
+        return torch.tensor(saved, dtype=torch.float64)
+
+
+def _one_step(model: nn.Module, table: NeuronTable, group: NeuronGroup):
+    """The table after removing the fewest neurons of ``group`` that the cascade accepts
+    (one, or one per block of a grouped convolution), and how many that was."""
+    for removed in range(1, group.size):
+        try:
+            return removed, cascade(model, table, {group.name: removed}).layers
+        except CompactCNNError:
+            continue
+    return 1, table.layers  # a one-neuron group: nothing can be removed

@@ -1,0 +1,39 @@
+"""Ours: sparse constraints on neurons solved by proximal steps, steered to the budget.
+
+The run's penalty (group, sparse-group, low-rank or group+low-rank) trains from the start; a
+:class:`~compactcnn.methods.controller.LamController` moves lam so that the live network
+follows a path to the budget, reached at 80% of the sparse phase; at the selection point the
+few neurons still above the budget are trimmed (smallest group norm relative to its layer's
+live neurons first, so that layers of different widths compare), and the surviving
+architecture is frozen and trained for the remaining epochs.
+"""
+
+from __future__ import annotations
+
+from compactcnn.methods.base import Context, Method
+from compactcnn.methods.controller import LamController
+from compactcnn.methods.selection import Masks, current_dead, greedy
+
+REACH = 0.8  # the share of the sparse phase by which the path reaches the budget
+
+
+class Proximal(Method):
+    proximal = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def prepare(self, ctx: Context) -> None:
+        controller = LamController(ctx.cost, ctx.budget, steps=round(REACH * ctx.prune_steps))
+        ctx.optimizer.schedule = controller
+        ctx.optimizer.register_step_post_hook(lambda opt, *_: controller.update(opt.steps))
+        ctx.state["controller"] = controller
+
+    def select(self, ctx: Context) -> Masks:
+        dead = current_dead(ctx.groups)
+        scores = []
+        for g, d in zip(ctx.groups, dead, strict=True):
+            norms = g.norms().cpu()
+            live = norms[~d]
+            scores.append(norms / live.mean() if len(live) and live.mean() > 0 else norms)
+        return greedy(ctx.cost, ctx.budget, scores, dead)

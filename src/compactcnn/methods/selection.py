@@ -1,0 +1,101 @@
+"""Choosing which neurons die to meet a budget, and killing them.
+
+Every method ends the same way: a boolean ``dead`` mask per group, applied by zeroing every
+scalar of the dead neurons' groups (:func:`kill`), after which the shared compaction removes
+them exactly. The methods differ only in the scores they rank neurons by and in whether the
+ranking is global or per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from compactcnn.errors import CompactCNNError
+from compactcnn.methods.budget import Budget, CostModel
+from compactcnn.sparsity.neurons import NeuronGroup
+
+Masks = list[Tensor]
+
+
+def kill(groups: Sequence[NeuronGroup], dead: Masks) -> None:
+    """Zero every scalar of the neurons marked dead (weights, bias, norm, coupled slices)."""
+    with torch.no_grad():
+        for group, mask in zip(groups, dead, strict=True):
+            if bool(mask.any()):
+                matrix = group.matrix()
+                matrix[mask.to(matrix.device)] = 0
+                group.write(matrix)
+
+
+def current_dead(groups: Sequence[NeuronGroup]) -> Masks:
+    return [g.dead().cpu() for g in groups]
+
+
+def greedy(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Masks | None = None,
+           keep: int = 1) -> Masks:
+    """Kill neurons in ascending order of score, across all groups, until the budget is met;
+    then give back, highest score first, every neuron killed here whose return still meets it.
+
+    The second pass lands just under the budget rather than one expensive neuron below it.
+    Scores are compared globally, so they must be on one scale (a method that ranks per layer
+    normalises first); a neuron scored inf is never taken. Neurons already in ``dead`` stay
+    dead, and every group keeps at least ``keep`` neurons.
+    """
+    dead = [d.clone() for d in dead] if dead is not None else [torch.zeros(len(s), dtype=torch.bool)
+                                                               for s in scores]
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    order = sorted((float(s[i]), g, i) for g, s in enumerate(scores) for i in range(len(s))
+                   if not dead[g][i])
+    taken = []
+    for score, g, i in order:
+        if budget.met(cost.fractions(counts)) or not math.isfinite(score):
+            break
+        if len(scores[g]) - counts[g] <= keep:
+            continue
+        dead[g][i] = True
+        counts[g] += 1
+        taken.append((g, i))
+    if not budget.met(cost.fractions(counts)):
+        raise CompactCNNError(f"the budget {budget} cannot be met: with every neuron this method "
+                              f"ranks removed the model keeps {_describe(cost.fractions(counts))}")
+    for g, i in reversed(taken):
+        counts[g] -= 1
+        if budget.met(cost.fractions(counts)):
+            dead[g][i] = False
+        else:
+            counts[g] += 1
+    return dead
+
+
+def uniform(cost: CostModel, budget: Budget, scores: Sequence[Tensor], keep: int = 1) -> Masks:
+    """The same share of every group's neurons dies, the lowest-scored of each, chosen as the
+    smallest share that meets the budget (found by bisection on the share kept)."""
+    def masks(share: float) -> Masks:
+        out = []
+        for s in scores:
+            alive = max(keep, round(len(s) * share))
+            dead = torch.ones(len(s), dtype=torch.bool)
+            dead[torch.argsort(s, descending=True, stable=True)[:alive]] = False
+            out.append(dead)
+        return out
+
+    def counts(share: float) -> Tensor:
+        return torch.tensor([float(d.sum()) for d in masks(share)], dtype=torch.float64)
+
+    if not budget.met(cost.fractions(counts(0.0))):
+        raise CompactCNNError(f"the budget {budget} cannot be met by narrowing every layer "
+                              f"alike: at one neuron each the model keeps "
+                              f"{_describe(cost.fractions(counts(0.0)))}")
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if budget.met(cost.fractions(counts(mid))) else (low, mid)
+    return masks(low)
+
+
+def _describe(fractions: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1%}" for k, v in fractions.items())

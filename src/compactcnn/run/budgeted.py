@@ -1,0 +1,74 @@
+"""A run with a budget: every method in one harness.
+
+``attach`` readies the method when the session is built (or rebuilt to resume), so the sparse
+phase checkpoints and resumes like any run; ``select_and_compact`` ends that phase: the method
+chooses the dead neurons, they are zeroed and compacted away exactly, and (for the controls)
+the compact network is re-initialised before it trains for the remaining epochs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compactcnn.errors import CompactCNNError
+from compactcnn.methods import Context, method
+from compactcnn.methods.budget import CostModel
+from compactcnn.methods.selection import kill
+from compactcnn.run.config import parse_widths
+from compactcnn.run.optimizers import batches_per_epoch
+from compactcnn.sparsity.groups import neuron_groups
+from compactcnn.sparsity.proximal import ProximalOptimizer
+from compactcnn.surgery.compaction import compact
+from compactcnn.surgery.outcome import CompactionReport
+
+
+def prune_epochs(cfg) -> int:
+    """Epochs before the selection point: none for the controls, which train from scratch."""
+    if method(cfg.method_name).from_scratch:
+        return 0
+    return max(1, min(cfg.epochs, round(cfg.epochs * cfg.prune_fraction)))
+
+
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, cfg, splits) -> Context:
+    """The method's context, with its regulariser attached to ``optimizer``; an impossible
+    budget or a method that does not apply is refused here, before any training."""
+    m = method(cfg.method_name)
+    m.check(model)
+    example = splits.train[:1][0].to(next(model.parameters()).device)
+    groups = optimizer.groups if isinstance(optimizer, ProximalOptimizer) \
+        else neuron_groups(model, example)
+    cost = CostModel(model, example, groups)
+    floor = cost.fractions(torch.tensor([g.size - 1 for g in groups], dtype=torch.float64))
+    if not cfg.budget.met(floor):
+        raise CompactCNNError(f"the budget {cfg.budget} cannot be met by {cfg.model}: with one "
+                              "neuron left in every layer it keeps "
+                              + ", ".join(f"{k} {v:.1%}" for k, v in floor.items()))
+    per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
+    ctx = Context(model, optimizer, groups, cost, cfg.budget, prune_epochs(cfg) * per_epoch,
+                  cfg.lam, example, splits.val,
+                  parse_widths(cfg.widths) if cfg.widths else None)
+    if ctx.prune_steps:
+        m.prepare(ctx)
+    return ctx
+
+
+def select_and_compact(ctx: Context, cfg) -> tuple[nn.Module, nn.Module, CompactionReport]:
+    """(the sparse model with the method's dead neurons zeroed, its compaction, the report)."""
+    m = method(cfg.method_name)
+    dead = m.select(ctx)
+    kill(ctx.groups, dead)
+    sparse = ctx.model.cpu().eval()
+    small, outcome = compact(sparse, ctx.example.cpu())
+    if m.from_scratch:
+        torch.manual_seed(cfg.seed + 1)
+        for module in small.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return sparse, small, outcome
+
+
+def reached(ctx: Context, small: nn.Module) -> dict[str, float]:
+    """The budget's figures for the compact model, as fractions of the dense model's."""
+    after = CostModel(small, tuple(ctx.example.shape[1:]), []).dense
+    return {k: after[k] / ctx.cost.dense[k] for k in after}

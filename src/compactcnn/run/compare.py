@@ -1,0 +1,112 @@
+"""``compactcnn compare``: every method at one budget, with the same data, seed, schedule and
+total epochs, side by side with the dense network.
+
+Each method is an ordinary run (``run/pipeline.py``) in its own folder under ``out``, so every
+row can be reproduced by the one ``compactcnn train`` command the table gives, and an
+interrupted comparison picks up where it stopped: finished runs are read back, a started one
+resumes from its checkpoint. ``scratch`` trains the widths that the first of our methods
+found, so it runs after it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compactcnn.errors import CompactCNNError
+from compactcnn.files.atomic import atomic_write
+from compactcnn.methods import METHODS, OURS
+from compactcnn.run import report
+from compactcnn.run.compare_report import markdown, plot
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.pipeline import run
+from compactcnn.run.rundir import CHECKPOINT, REPORT, run_file
+
+COMPARE_JSON, COMPARE_MD, COMPARE_PNG = "compare.json", "compare.md", "compare.png"
+DEFAULT_METHODS = tuple(METHODS)
+
+
+def command(cfg: TrainConfig, out: Path, device: str) -> str:
+    """The ``compactcnn train`` command that reproduces one row."""
+    defaults = TrainConfig()
+    parts = ["compactcnn train"]
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name == "reg" or value == getattr(defaults, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        parts.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float)
+                     else f"{flag} {value}")
+    parts.append(f"--out {out}")
+    if device != "cpu":
+        parts.append(f"--device {device}")
+    return " ".join(parts)
+
+
+def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_METHODS,
+            device: str = "cpu") -> dict[str, Any]:
+    """Run (or read back) the dense baseline and every method; write compare.json/.md/.png."""
+    if base.target is None:
+        raise CompactCNNError("compare needs a budget: --target params=F and/or flops=F")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CompactCNNError(f"unknown method(s) {', '.join(unknown)}; choose from: "
+                              + ", ".join(METHODS))
+    out.mkdir(parents=True, exist_ok=True)
+    dense_cfg = replace(base, method=None, reg="none", target=None, widths=None)
+    rows = [_row("dense", dense_cfg, out / "dense", device)]
+    order = sorted(methods, key=lambda m: (m == "scratch", methods.index(m)))
+    for name in order:
+        cfg = replace(base, method=name, widths=None)
+        if name == "scratch":
+            widths = _found_widths(rows)
+            if widths is None:
+                rows.append({"method": name, "skipped": "needs one of our methods in the same "
+                                                        "comparison, to take its widths"})
+                continue
+            cfg = replace(cfg, widths=widths)
+        rows.append(_row(name, cfg, out / name, device))
+    result = {"model": base.model, "data": base.data, "target": base.target,
+              "epochs": base.epochs, "seed": base.seed, "rows": rows}
+    atomic_write(out / COMPARE_JSON, json.dumps(result, indent=2))
+    atomic_write(out / COMPARE_MD, markdown(result))
+    plot(result, out / COMPARE_PNG)
+    return result
+
+
+def _row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, Any]:
+    """One method's figures, from its finished run or by running (or resuming) it now."""
+    row: dict[str, Any] = {"method": name, "command": command(cfg, run_dir, device)}
+    try:
+        if (run_dir / REPORT).is_file():
+            result = report.read(run_file(run_dir, REPORT))
+        else:
+            resuming = (run_dir / CHECKPOINT).is_file()
+            start = time.perf_counter()
+            result = run(cfg, run_dir, resuming=resuming, device=torch.device(device))
+            result["wall_seconds"] = time.perf_counter() - start
+            report.write(result, run_dir)
+    except CompactCNNError as e:
+        if name == "dense":
+            raise
+        return row | {"skipped": str(e)}
+    d, c = result["dense"], result["compact"]
+    return row | {
+        "accuracy": result["accuracy"], "params": c["params"], "dense_params": d["params"],
+        "flops": c["flops"], "dense_flops": d["flops"], "memory_bytes": c["memory_bytes"],
+        "latency_ms": c["latency_ms"], "train_seconds": result["train_seconds"],
+        "wall_seconds": result.get("wall_seconds"),
+        "widths": {layer["name"]: layer["neurons_after"] for layer in result["layers"]},
+        "config": asdict(cfg)}
+
+
+def _found_widths(rows: list[dict[str, Any]]) -> str | None:
+    for row in rows:
+        if row["method"] in OURS and "widths" in row:
+            return ",".join(f"{k}={v}" for k, v in row["widths"].items())
+    return None

@@ -1,0 +1,66 @@
+"""Which neurons of a torch-pruning group are dead, asked of the one test of death.
+
+:func:`compactcnn.sparsity.neurons.dead_rows` decides: a neuron is dead when every layer that
+produces it has an all-zero weight row, or every norm that normalises it has a zero scale (as
+network slimming leaves it). A group's items may reach only some of its neurons (a
+concatenation into an add), so each item speaks only for the neurons it reaches, and a neuron
+that no norm reaches is never dead by its scales.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from compactcnn.layers import follower_types, holds_neurons
+from compactcnn.sparsity.neurons import dead_rows
+from compactcnn.sparsity.tp_adapter import removes_inputs
+
+
+def root_rows(item) -> tuple[Tensor, Tensor]:
+    """The item's root neurons and, beside each, the channel of its module that it is."""
+    return (torch.tensor(item.root_idxs, dtype=torch.long),
+            torch.tensor(item.idxs, dtype=torch.long))
+
+
+def _per_neuron(item, param: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """``[size, elements]`` with the sum of |rows| each neuron reaches (0 where it reaches
+    none), and which neurons it reaches."""
+    roots, rows = root_rows(item)
+    values = param.detach().index_select(0, rows).flatten(1).abs()
+    matrix = torch.zeros(size, values.shape[1], dtype=values.dtype)
+    matrix.index_add_(0, roots, values)
+    reached = torch.zeros(size, dtype=torch.bool)
+    reached[roots] = True
+    return matrix, reached
+
+
+def dead_neurons(group, size: int) -> tuple[Tensor, Tensor]:
+    """``(dead, partly)``: dead neurons, and the others that are zero in some producing layer
+    or norm (alive in a coupled one, so they stay)."""
+    sides: dict[str, tuple[list[Tensor], Tensor]] = {}
+    partly = torch.zeros(size, dtype=torch.bool)
+    for item in group:
+        m = item.dep.target.module
+        if not isinstance(m, nn.Module) or removes_inputs(item.dep):
+            continue
+        if holds_neurons(m):
+            side, param = "weight", m.weight
+        elif isinstance(m, follower_types()) and not isinstance(m, nn.PReLU) \
+                and getattr(m, "weight", None) is not None and m.weight.dim() == 1:
+            side, param = "scale", m.weight
+        else:
+            continue
+        try:
+            matrix, reached = _per_neuron(item, param, size)
+        except (IndexError, RuntimeError):  # an index past the layer: torch-pruning mis-mapped
+            continue
+        matrices, covered = sides.setdefault(side, ([], torch.zeros(size, dtype=torch.bool)))
+        matrices.append(matrix)
+        covered |= reached
+        partly |= reached & matrix.eq(0).all(dim=1)
+    dead = torch.zeros(size, dtype=torch.bool)
+    for side, (matrices, covered) in sides.items():
+        weights, scales = (matrices, []) if side == "weight" else ([], matrices)
+        dead |= dead_rows(weights, scales) & covered
+    return dead, partly & ~dead

@@ -1,0 +1,94 @@
+"""Budgets: parsing, the cost model against physical compaction, selection to the budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compactcnn import models
+from compactcnn.errors import CompactCNNError
+from compactcnn.methods.budget import Budget, CostModel
+from compactcnn.methods.selection import greedy, kill, uniform
+from compactcnn.sparsity import neuron_groups
+from compactcnn.surgery import compact
+
+SHAPES = {"lenet5": (1, 28, 28), "vgg_small": (1, 16, 16), "resnet20": (3, 16, 16),
+          "mlp": (1, 8, 8)}
+
+
+@pytest.mark.parametrize("text, want", [("params=0.1", Budget(params=0.1)),
+                                        ("flops=0.25", Budget(flops=0.25)),
+                                        ("params=0.1,flops=0.5", Budget(0.1, 0.5)),
+                                        ("params=1", Budget(params=1.0))])
+def test_budgets_parse(text, want):
+    assert Budget.parse(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "params", "params=", "params=x", "params=0", "params=-0.1",
+                                  "params=1.5", "flops=nan", "size=0.1", "params=0.1;flops=0.2"])
+def test_malformed_budgets_are_refused(text):
+    with pytest.raises(CompactCNNError):
+        Budget.parse(text)
+
+
+def _model(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    shape = SHAPES[name]
+    model = models.create(name, in_channels=shape[0], input_size=shape[1]).eval()
+    groups = neuron_groups(model, shape)
+    return model, shape, groups, CostModel(model, shape, groups)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_the_cost_model_prices_dead_neurons_as_compaction_removes_them(name, data):
+    model, shape, groups, cost = _model(name)
+    dead = [torch.tensor(data.draw(st.lists(st.booleans(), min_size=g.size, max_size=g.size)))
+            for g in groups]
+    for d in dead:
+        d[0] = False  # compaction keeps one neuron per layer anyway
+    kill(groups, dead)
+    small, report = compact(model, shape)
+    assert not report.kept
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    priced = cost.absolute(counts)
+    assert priced["params"] == report.after.total_params
+    assert priced["flops"] == report.flops_after
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg_small"])
+@pytest.mark.parametrize("target", [0.5, 0.1, 0.05])
+def test_greedy_selection_lands_within_two_percent_of_the_budget(name, target):
+    model, shape, groups, cost = _model(name)
+    budget = Budget(params=target)
+    dead = greedy(cost, budget, [g.norms().cpu() for g in groups])
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    reached = cost.fractions(counts)["params"]
+    assert target * 0.98 <= reached <= target
+    assert all(not bool(d.all()) for d in dead)
+
+
+def test_uniform_selection_narrows_every_layer_by_the_same_share():
+    model, shape, groups, cost = _model("vgg_small")
+    dead = uniform(cost, Budget(params=0.25), [torch.rand(g.size) for g in groups])
+    kept = [1 - float(d.float().mean()) for d in dead]
+    assert max(kept) - min(kept) < 0.05
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    assert cost.fractions(counts)["params"] <= 0.25
+
+
+def test_a_flops_budget_and_both_budgets():
+    model, shape, groups, cost = _model("vgg_small")
+    for budget in (Budget(flops=0.2), Budget(params=0.3, flops=0.2)):
+        dead = greedy(cost, budget, [g.norms().cpu() for g in groups])
+        counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+        assert budget.met(cost.fractions(counts))
+
+
+def test_an_unreachable_budget_is_refused():
+    model, shape, groups, cost = _model("lenet5")
+    with pytest.raises(CompactCNNError, match="cannot be met"):
+        greedy(cost, Budget(params=0.0001), [g.norms().cpu() for g in groups])

@@ -1,0 +1,125 @@
+"""Every method in the shared harness: budgets met, figures consistent, bad input refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compactcnn.accounting import neuron_table
+from compactcnn.cli import main
+from compactcnn.errors import CompactCNNError
+from compactcnn.files import modelfile
+from compactcnn.methods import METHODS
+from compactcnn.run.compare import compare
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.pipeline import run
+
+SMALL = dict(data="synthetic", limit=256, test_limit=128, epochs=2, batch_size=64,
+             lr_warmup_epochs=0.5)
+
+
+def _cfg(method: str, model: str = "vgg_small", target: str = "params=0.25", **kw) -> TrainConfig:
+    widths = "features.0=8,features.3=8,features.7=16,features.10=16,features.14=32," \
+             "features.17=32,classifier.0=64" if method == "scratch" else None
+    return TrainConfig(model=model, method=method, target=target, widths=widths, **SMALL | kw)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_meets_its_budget_and_reports_the_model_it_saved(method, tmp_path):
+    cfg = _cfg(method)
+    result = run(cfg, tmp_path)
+    reached = result["budget"]["reached"]["params"]
+    if method == "scratch":  # the widths it was given decide its size, not the budget
+        widths = dict(w.split("=") for w in cfg.widths.split(","))
+        assert {k: int(v) for k, v in widths.items()} == \
+            {layer["name"]: layer["neurons_after"] for layer in result["layers"][:-1]}
+    else:
+        assert 0.25 * 0.98 <= reached <= 0.25, reached
+    saved = modelfile.load(tmp_path / "model.safetensors")
+    table = neuron_table(saved, (1, 28, 28))
+    assert result["compact"]["params"] == table.total_params
+    assert result["compact"]["params"] == round(reached * result["dense"]["params"])
+    assert result["max_abs_output_diff"] <= 1e-5
+    assert result["method"] == method
+
+
+def test_a_budget_met_at_the_start_kills_nothing(tmp_path):
+    result = run(_cfg("group", target="params=1"), tmp_path)
+    assert result["compact"]["params"] == result["dense"]["params"]
+    assert all(layer["neurons_after"] == layer["neurons_before"] for layer in result["layers"])
+
+
+def test_an_impossible_budget_is_refused_before_training(tmp_path):
+    with pytest.raises(CompactCNNError, match="cannot be met"):
+        run(_cfg("group", model="lenet5", target="params=0.0001"), tmp_path)
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--target", "params"], "malformed target"),
+    (["--target", "params=1.5"], "(0, 1]"),
+    (["--target", "params=0"], "(0, 1]"),
+    (["--target", "size=0.1"], "malformed target"),
+    (["--method", "l1-filter"], "needs a budget"),
+    (["--method", "slimming", "--target", "params=0.1"], "no BatchNorm"),
+    (["--method", "scratch", "--target", "params=0.1"], "widths"),
+])
+def test_bad_budgets_and_methods_get_one_line_and_exit_2(argv, words, tmp_path, capsys):
+    code = main(["train", "--model", "lenet5", "--data", "synthetic", "--limit", "64",
+                 "--epochs", "1", "--out", str(tmp_path / "run"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
+    base = _cfg("group", model="lenet5", target="params=0.2")
+    methods = ("group", "l1-filter", "slimming", "scratch", "uniform")
+    first = compare(base, tmp_path, methods)
+    rows = {r["method"]: r for r in first["rows"]}
+    assert set(rows) == {"dense", *methods}
+    assert "no BatchNorm" in rows["slimming"]["skipped"]
+    assert rows["scratch"]["widths"] == rows["group"]["widths"]
+    for name in ("group", "l1-filter", "scratch", "uniform"):
+        assert rows[name]["params"] <= 0.2 * rows[name]["dense_params"]
+        assert f"--method {name}" in rows[name]["command"]
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(first["rows"]))
+    assert (tmp_path / "compare.md").read_text().count("\n| ") == len(methods) + 2  # + header, dense
+    assert (tmp_path / "compare.png").stat().st_size > 0
+
+    ran = []
+
+    def record(cfg, *args, **kwargs):  # only what has no report may run again
+        ran.append(cfg.method)
+        raise CompactCNNError("slimming does not apply to this model: it has no BatchNorm")
+
+    monkeypatch.setattr("compactcnn.run.compare.run", record)
+    again = compare(base, tmp_path, methods)
+    assert ran == ["slimming"]
+    assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in first["rows"]]
+
+
+def test_a_resumed_budget_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    from compactcnn.run import loop
+
+    cfg = _cfg("group", model="lenet5", epochs=4, prune_fraction=0.75)
+    whole = run(cfg, tmp_path / "whole")
+    real, calls = loop.run_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "parts")
+    monkeypatch.setattr(loop, "run_epoch", real)
+    resumed = run(cfg, tmp_path / "parts", resuming=True)
+    a = modelfile.load(tmp_path / "whole" / "model.safetensors").state_dict()
+    b = modelfile.load(tmp_path / "parts" / "model.safetensors").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["accuracy"] == whole["accuracy"]
