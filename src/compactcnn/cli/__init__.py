@@ -13,11 +13,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from compactcnn.cli import compare, inspect, modelfiles, training
+from compactcnn.cli import compare, deploy, inspect, modelfiles, training
 from compactcnn.cli.common import EXIT_USAGE, Parser
 from compactcnn.errors import CompactCNNError
 
-COMMANDS = (inspect, training, compare, modelfiles)
+COMMANDS = (inspect, training, compare, modelfiles, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,32 +86,8 @@ def load_dataset(
     _check_positive("test_limit", test_limit)
     _check_positive("input_size", input_size)
 
-    if spec == "fashion-mnist":
-        train_x, train_y = load_fashion_mnist(data_dir, "train", limit)
-        test_x, test_y = load_fashion_mnist(data_dir, "test", test_limit)
-        train_x, test_x = _resize(train_x, input_size), _resize(test_x, input_size)
-        num_classes = 10
-    elif spec == "synthetic":
-        size = input_size or 28
-        x, y = synthetic(
-            SYNTHETIC_TRAIN + SYNTHETIC_TEST, (1, size, size), SYNTHETIC_CLASSES, SYNTHETIC_SEED
-        )
-        train_x, train_y = x[:SYNTHETIC_TRAIN][:limit], y[:SYNTHETIC_TRAIN][:limit]
-        test_x, test_y = x[SYNTHETIC_TRAIN:][:test_limit], y[SYNTHETIC_TRAIN:][:test_limit]
-        num_classes = SYNTHETIC_CLASSES
-    elif spec.startswith("folder:") and spec != "folder:":
-        folder = Path(spec.removeprefix("folder:"))
-        x, y, classes = load_image_folder(folder, size=input_size)
-        if len(y) < 2:
-            raise CompactCNNError(
-                f"image folder {folder} has {len(y)} image; need at least 2 to hold out a test set"
-            )
-        (train_x, train_y), (test_x, test_y) = _split_off(x, y, FOLDER_TEST_FRACTION, seed=0)
-        train_x, train_y = train_x[:limit], train_y[:limit]
-        test_x, test_y = test_x[:test_limit], test_y[:test_limit]
-        num_classes = len(classes)
-    else:
-        raise CompactCNNError(f"unknown dataset {spec!r}: expected {_DATASET_FORMS}")
+    train_x, train_y, test_x, test_y, num_classes = _source(spec, data_dir, limit, test_limit,
+                                                            input_size)
 
     (train_x, train_y), (val_x, val_y) = _split_off(train_x, train_y, val_fraction, seed)
     if len(train_y) == 0:
@@ -136,3 +112,34 @@ def load_dataset(
         input_shape=tuple(train_x.shape[1:]),
         name=spec,
     )
+
+
+def _source(spec: str, data_dir: Path | None, limit: int | None, test_limit: int | None,
+            input_size: int | None):
+    """(train images, train labels, test images, test labels, classes) of one data source."""
+    if spec == "fashion-mnist":
+        train_x, train_y = load_fashion_mnist(data_dir, "train", limit)
+        test_x, test_y = load_fashion_mnist(data_dir, "test", test_limit)
+        train_x, test_x = _resize(train_x, input_size), _resize(test_x, input_size)
+        return train_x, train_y, test_x, test_y, 10
+    elif spec == "synthetic":
+        size = input_size or 28
+        x, y = synthetic(
+            SYNTHETIC_TRAIN + SYNTHETIC_TEST, (1, size, size), SYNTHETIC_CLASSES, SYNTHETIC_SEED
+        )
+        train_x, train_y = x[:SYNTHETIC_TRAIN][:limit], y[:SYNTHETIC_TRAIN][:limit]
+        test_x, test_y = x[SYNTHETIC_TRAIN:][:test_limit], y[SYNTHETIC_TRAIN:][:test_limit]
+        return train_x, train_y, test_x, test_y, SYNTHETIC_CLASSES
+    elif spec.startswith("folder:") and spec != "folder:":
+        folder = Path(spec.removeprefix("folder:"))
+        x, y, classes = load_image_folder(folder, size=input_size)
+        if len(y) < 2:
+            raise CompactCNNError(
+                f"image folder {folder} has {len(y)} image; need at least 2 to hold out a test set"
+            )
+        (train_x, train_y), (test_x, test_y) = _split_off(x, y, FOLDER_TEST_FRACTION, seed=0)
+        train_x, train_y = train_x[:limit], train_y[:limit]
+        test_x, test_y = test_x[:test_limit], test_y[:test_limit]
+        return train_x, train_y, test_x, test_y, len(classes)
+    raise CompactCNNError(f"unknown dataset {spec!r}: expected {_DATASET_FORMS}")
+

@@ -18,6 +18,7 @@ is to be binarised (XNOR-Net's order: BN, binary activation, binary conv, pool).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -171,10 +172,29 @@ def binarize_model(model: nn.Module, example: Tensor, first_last_full_precision:
     if first_last_full_precision:
         order = order[1:-1]
     names = {module: name for name, module in result.named_modules()}
-    for module in order:
-        if _binarisable(module):
-            result = _replace(result, names[module], _to_binary(module, binary_activations))
-    return result
+    return binarize_layers(result, {names[m]: binary_activations for m in order
+                                    if _binarisable(m)})
+
+
+def binarize_layers(model: nn.Module, layers: Mapping[str, bool]) -> nn.Module:
+    """Replace the named Conv2d/Linear layers of ``model`` in place by binary ones, with binary
+    input where ``layers`` says True; return the model (a new object only for the name '').
+
+    This is how a saved binary model is rebuilt from its float latent weights: the file names
+    its binary layers rather than storing a second copy of the network's structure.
+    """
+    for name, binary_input in layers.items():
+        module = model.get_submodule(name)
+        if not _binarisable(module):
+            raise ValueError(f"{name!r} is a {type(module).__name__}, which cannot be binarised")
+        model = _replace(model, name, _to_binary(module, binary_input))
+    return model
+
+
+def binary_layers(model: nn.Module) -> dict[str, bool]:
+    """The binary layers of ``model`` by name, each with whether its input is binarised."""
+    return {name: m.binary_input for name, m in model.named_modules()
+            if isinstance(m, (BinaryConv2d, BinaryLinear))}
 
 
 def _numpy(t: Tensor | None) -> np.ndarray | None:
