@@ -1,0 +1,222 @@
+"""3D-FilterMap layers and the zoo models built from them: layout, exactness, budgets, training."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from types import ModuleType
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.func import functional_call
+
+from compactcnn.data import synthetic
+from compactcnn.errors import CompactCNNError
+from compactcnn.layers.filtermap import FilterMap, FilterMapConv2d, FilterMapLinear, materialized
+from compactcnn.models import create, registry
+
+
+def _import_unregistered(module_name: str) -> tuple[ModuleType, dict[str, registry.Entry]]:
+    """Import a zoo family module but take its models back out of the registry.
+
+    Until the family is imported by ``compactcnn.models`` (which the zoo-wide tests then list),
+    registering its models for the whole session would change ``names()`` under those tests;
+    the ``registered`` fixture puts them in for this file's tests only. Once the family is
+    imported there, nothing is taken out and the fixture does nothing.
+    """
+    before = set(registry.names())
+    module = importlib.import_module(module_name)
+    return module, {name: registry._TABLE.pop(name) for name in set(registry.names()) - before}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    registry._TABLE.update(ENTRIES)
+    yield
+    for name in ENTRIES:
+        del registry._TABLE[name]
+
+
+fm, ENTRIES = _import_unregistered("compactcnn.models.filtermap")
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def reference_filters(in_ch: int, out_ch: int, k: int, shape: tuple[int, int, int],
+                      weights: torch.Tensor) -> torch.Tensor | None:
+    """The documented layout, one filter and one weight at a time; None for a refused map."""
+    c_m, h_m, w_m = shape
+    if c_m < in_ch or h_m < k or w_m < k:
+        return None
+    pos_w = w_m - k + 1
+    positions = (h_m - k + 1) * pos_w
+    bands = math.ceil(out_ch / positions)
+    if bands > c_m:
+        return None
+    filters = torch.empty(out_ch, in_ch, k, k, dtype=weights.dtype)
+    read = torch.zeros(shape, dtype=torch.bool)
+    for f in range(out_ch):
+        band, pos = divmod(f, positions)
+        top, left = divmod(pos, pos_w)
+        for i in range(in_ch):
+            c = (band * c_m // bands + i) % c_m
+            filters[f, i] = weights[c, top:top + k, left:left + k]
+            read[c, top:top + k, left:left + k] = True
+    return filters if read.all() else None
+
+
+# --- the layer ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(in_ch=st.integers(1, 4), out_ch=st.integers(1, 12), k=st.integers(1, 3),
+       extra=st.tuples(st.integers(-1, 6), st.integers(-1, 2), st.integers(-1, 2)),
+       stride=st.integers(1, 2), padding=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_forward_is_a_conv_with_the_documented_filters(in_ch, out_ch, k, extra, stride,
+                                                       padding, seed):
+    shape = (in_ch + extra[0], k + extra[1], k + extra[2])
+    weights = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    expected = reference_filters(in_ch, out_ch, k, shape, weights) if min(shape) > 0 else None
+    if expected is None:
+        with pytest.raises(CompactCNNError):
+            FilterMapConv2d(in_ch, out_ch, k, shape, stride, padding)
+        return
+    layer = FilterMapConv2d(in_ch, out_ch, k, shape, stride, padding)
+    with torch.no_grad():
+        layer.map.copy_(weights)
+    assert torch.equal(layer.filters(), expected)
+    conv = nn.Conv2d(in_ch, out_ch, k, stride, padding)
+    with torch.no_grad():
+        conv.weight.copy_(expected)
+        conv.bias.copy_(layer.bias)
+    x = torch.randn(2, in_ch, 7, 6)
+    assert torch.equal(layer(x), conv(x))
+    assert count(layer) == math.prod(shape) + out_ch
+
+
+def test_gradients_pass_gradcheck_in_double():
+    torch.manual_seed(0)
+    conv = FilterMapConv2d(3, 8, 3, (4, 4, 4), stride=2, padding=1).double()
+    linear = FilterMapLinear(2, 8, 2, (3, 3, 3)).double()
+    for layer, x in ((conv, torch.randn(2, 3, 6, 5)), (linear, torch.randn(3, 2 * 2 * 2))):
+        def run(x, m, b, layer=layer):
+            return functional_call(layer, {"map": m, "bias": b}, (x,))
+        inputs = (x.double(), layer.map.detach().clone(), layer.bias.detach().clone())
+        assert torch.autograd.gradcheck(run, tuple(t.requires_grad_() for t in inputs))
+
+
+def test_neighbouring_filters_share_map_entries():
+    layer = FilterMapConv2d(2, 8, 3, (3, 4, 4))  # 4 spatial positions, 2 channel bands
+    reads = torch.zeros(layer.map.numel(), dtype=torch.long)
+    reads.index_add_(0, layer.index.flatten(), torch.ones(layer.index.numel(), dtype=torch.long))
+    assert reads.min() >= 1 and reads.max() > 1
+    assert count(layer) == 3 * 4 * 4 + 8 < 8 * 2 * 3 * 3 + 8
+
+
+def test_materialize_is_exact_and_independent():
+    torch.manual_seed(0)
+    conv = FilterMapConv2d(3, 8, 3, (5, 4, 4), stride=2, padding=1)
+    plain = conv.materialize()
+    x = torch.randn(4, 3, 9, 9)
+    assert type(plain) is nn.Conv2d and torch.equal(plain(x), conv(x))
+    linear = FilterMapLinear(4, 10, 2, (6, 3, 3), bias=False).eval()
+    plain_linear = linear.materialize()
+    x = torch.randn(4, 16)
+    assert type(plain_linear) is nn.Linear and plain_linear.bias is None
+    assert not plain_linear.training and torch.equal(plain_linear(x), linear(x))
+    with torch.no_grad():
+        plain.weight.zero_()  # the copy no longer shares anything with the map
+    assert conv.map.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("in_ch", "out_ch", "k", "shape", "words"), [
+    (4, 8, 3, (3, 5, 5), "at least 4 map channels"),
+    (2, 8, 3, (4, 2, 5), "smaller than the 3x3 kernel"),
+    (2, 20, 3, (4, 4, 4), "at most 16 distinct filters"),
+    (2, 4, 3, (9, 3, 3), "read by no filter"),
+])
+def test_a_map_that_cannot_hold_the_filters_is_refused(in_ch, out_ch, k, shape, words):
+    with pytest.raises(CompactCNNError, match=words):
+        FilterMapConv2d(in_ch, out_ch, k, shape)
+
+
+@pytest.mark.parametrize(("in_ch", "out_ch", "k"), [(20, 50, 5), (128, 256, 3), (1, 7, 3)])
+@pytest.mark.parametrize("share", [0.0, 0.03, 0.1, 0.5])
+def test_map_shape_for_meets_a_budget_with_a_valid_map(in_ch, out_ch, k, share):
+    params = round(share * in_ch * out_ch * k * k)
+    shape = FilterMap.map_shape_for(in_ch, out_ch, k, params)
+    FilterMapConv2d(in_ch, out_ch, k, shape)  # valid
+    smallest = FilterMap.map_shape_for(in_ch, out_ch, k, 0)
+    assert smallest == FilterMapConv2d(in_ch, out_ch, k).map_shape
+    if math.prod(smallest) < params:
+        assert abs(math.prod(shape) - params) <= shape[1] * shape[2] / 2
+    else:
+        assert shape == smallest
+
+
+# --- the zoo models ----------------------------------------------------------------------------
+
+DENSE = {"lenet5_filtermap": "lenet5", "lenet5_filtermap_5": "lenet5",
+         "vgg_small_filtermap": "vgg_small", "vgg_small_filtermap_5": "vgg_small"}
+TOTALS = {"lenet5_filtermap": 43_103, "lenet5_filtermap_5": 21_540,
+          "vgg_small_filtermap": 58_503, "vgg_small_filtermap_5": 29_253}
+
+
+@pytest.mark.parametrize("name", sorted(DENSE))
+def test_zoo_models_hold_their_share_and_materialise_into_the_dense_model(name):
+    torch.manual_seed(0)
+    model = create(name).eval()
+    dense = create(DENSE[name]).eval()
+    assert count(model) == TOTALS[name]
+    share = 0.05 if name.endswith("_5") else 0.10
+    assert count(model) == pytest.approx(share * count(dense), rel=0.001)
+    assert [n for n, _ in model.named_modules()] == [n for n, _ in dense.named_modules()]
+    first_conv = "conv1" if DENSE[name] == "lenet5" else "features.0"
+    assert type(model.get_submodule(first_conv)) is nn.Conv2d
+    dense.load_state_dict(materialized(model).state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(dense(x), model(x))
+    assert any(isinstance(m, FilterMap) for m in model.modules())  # left as it was
+
+
+@pytest.mark.parametrize("build", [fm.lenet5_filtermap_at, fm.vgg_small_filtermap_at])
+def test_builders_at_a_budget(build):
+    model = build(0.2, num_classes=4, in_channels=3, input_size=32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    dense = build.__name__.removesuffix("_filtermap_at")
+    reference = create(dense, num_classes=4, in_channels=3, input_size=32)
+    assert count(model) == pytest.approx(0.2 * count(reference), rel=0.001)
+    for fraction in (0.0, 1.0, 0.001):
+        with pytest.raises(CompactCNNError, match="fraction"):
+            build(fraction)
+    with pytest.raises(CompactCNNError, match="input_size"):
+        build(0.1, input_size=4)
+
+
+@pytest.mark.parametrize(("name", "size"), [("lenet5_filtermap", 28), ("vgg_small_filtermap", 16)])
+def test_zoo_model_trains_on_a_small_slice(name, size):
+    torch.manual_seed(0)
+    x, y = synthetic(400, (1, size, size), num_classes=10, seed=3)
+    (train_x, test_x), (train_y, test_y) = x.split(200), y.split(200)
+    model = create(name, input_size=size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for step in range(40):
+        batch = slice(step % 4 * 50, step % 4 * 50 + 50)
+        loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4])
+    assert accuracy > 0.8  # chance is 0.1
