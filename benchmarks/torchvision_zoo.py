@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             line = f"| {name} | FAILED: {type(e).__name__}: {str(e)[:120]} |"
         print(line, flush=True)
         lines.append(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")  # after every model: a long sweep shows
     return 1 if failures else 0
 
 

@@ -137,7 +137,8 @@ def _splits_channels(grad_fn) -> bool:
     shapes = sorted([tuple(before), tuple(meta[0].shape)], key=len)
     small, large = shapes
     return len(small) == 4 and len(large) == 5 and small[0] == large[0] \
-        and small[2:] == large[3:] and small[1] == large[1] * large[2]
+        and small[2:] == large[3:] and small[1] == large[1] * large[2] \
+        and large[1] > 1 and large[2] > 1  # not an unsqueeze (local response norm has one)
 
 
 def through_unmapped(graph: tp.DependencyGraph, group) -> bool:

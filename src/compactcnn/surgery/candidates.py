@@ -27,7 +27,7 @@ def _per_neuron(item, param: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """``[size, elements]`` with the sum of |rows| each neuron reaches (0 where it reaches
     none), and which neurons it reaches."""
     roots, rows = root_rows(item)
-    values = param.detach().index_select(0, rows).flatten(1).abs()
+    values = param.detach().index_select(0, rows).reshape(rows.numel(), -1).abs()
     matrix = torch.zeros(size, values.shape[1], dtype=values.dtype)
     matrix.index_add_(0, roots, values)
     reached = torch.zeros(size, dtype=torch.bool)

@@ -43,8 +43,11 @@ def fold(consumer: nn.Module, cols: Tensor, values: Tensor) -> None:
 
 
 def snapshot(m: nn.Module) -> dict:
-    return {"dict": dict(m.__dict__), "_parameters": dict(m._parameters),
-            "_buffers": dict(m._buffers)}
+    """What :func:`restore` needs to undo a cut. torch-pruning replaces parameters and buffers
+    (so keeping the old objects is enough) but edits its concatenations' and splits' size
+    lists in place, so those are copied."""
+    return {"dict": {k: list(v) if isinstance(v, list) else v for k, v in m.__dict__.items()},
+            "_parameters": dict(m._parameters), "_buffers": dict(m._buffers)}
 
 
 def restore(m: nn.Module, state: dict) -> None:
