@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from compactcnn import models
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods.budget import Budget, CostModel
-from compactcnn.methods.selection import greedy, kill, uniform
+from compactcnn.methods.selection import greedy, kill, revive, uniform
 from compactcnn.sparsity import neuron_groups
 from compactcnn.surgery import compact
 
@@ -92,3 +92,26 @@ def test_an_unreachable_budget_is_refused():
     model, shape, groups, cost = _model("lenet5")
     with pytest.raises(CompactCNNError, match="cannot be met"):
         greedy(cost, Budget(params=0.0001), [g.norms().cpu() for g in groups])
+
+
+def test_revive_brings_an_overshoot_back_within_two_percent_and_the_revived_can_train():
+    model, shape, groups, cost = _model("vgg_small")
+    budget = Budget(params=0.2)
+    overshoot = greedy(cost, Budget(params=0.1), [g.norms().cpu() for g in groups])
+    kill(groups, overshoot)
+    dead = revive(cost, budget, groups, overshoot)
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    assert 0.2 * 0.98 <= cost.fractions(counts)["params"] <= 0.2
+    back = [(g, (o & ~d).nonzero().flatten()) for g, o, d in
+            zip(groups, overshoot, dead, strict=True)]
+    assert sum(len(rows) for _, rows in back) > 0
+    for g, rows in back:
+        assert not bool(g.dead()[rows].any())  # weights drawn again: not an all-zero neuron
+
+
+def test_revive_leaves_a_selection_within_the_slack_alone():
+    model, shape, groups, cost = _model("lenet5")
+    budget = Budget(params=0.1)
+    dead = greedy(cost, budget, [g.norms().cpu() for g in groups])
+    again = revive(cost, budget, groups, dead)
+    assert all(torch.equal(a, b) for a, b in zip(again, dead, strict=True))

@@ -108,6 +108,9 @@ class CostModel:
         now = self.absolute(dead)
         return {k: now[k] / self.dense[k] for k in METRICS}
 
+    def dense_fractions(self) -> dict[str, float]:
+        return self.fractions(torch.zeros(len(self.groups)))
+
     def dead_counts(self) -> Tensor:
         """Dead neurons per group, read from the parameters as they are now."""
         return torch.tensor([int(g.dead().sum()) for g in self.groups], dtype=torch.float64)

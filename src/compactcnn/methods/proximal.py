@@ -4,15 +4,17 @@ The run's penalty (group, sparse-group, low-rank or group+low-rank) trains from 
 :class:`~compactcnn.methods.controller.LamController` moves lam so that the live network
 follows a path to the budget, reached at 80% of the sparse phase; at the selection point the
 few neurons still above the budget are trimmed (smallest group norm relative to its layer's
-live neurons first, so that layers of different widths compare), and the surviving
-architecture is frozen and trained for the remaining epochs.
+live neurons first, so that layers of different widths compare); if the controller overshot and
+the network is more than 2% below the budget, dead neurons come back, freshly initialised, in
+the layers that lost the largest share, while the budget holds. The surviving architecture is
+frozen and trained for the remaining epochs.
 """
 
 from __future__ import annotations
 
 from compactcnn.methods.base import Context, Method
 from compactcnn.methods.controller import LamController
-from compactcnn.methods.selection import Masks, current_dead, greedy
+from compactcnn.methods.selection import Masks, current_dead, greedy, revive
 
 REACH = 0.8  # the share of the sparse phase by which the path reaches the budget
 
@@ -24,6 +26,9 @@ class Proximal(Method):
         self.name = name
 
     def prepare(self, ctx: Context) -> None:
+        if ctx.budget.met(ctx.cost.dense_fractions()):  # nothing to remove: no penalty at all
+            ctx.optimizer.schedule = lambda step: 0.0
+            return
         controller = LamController(ctx.cost, ctx.budget, steps=round(REACH * ctx.prune_steps))
         ctx.optimizer.schedule = controller
         ctx.optimizer.register_step_post_hook(lambda opt, *_: controller.update(opt.steps))
@@ -36,4 +41,4 @@ class Proximal(Method):
             norms = g.norms().cpu()
             live = norms[~d]
             scores.append(norms / live.mean() if len(live) and live.mean() > 0 else norms)
-        return greedy(ctx.cost, ctx.budget, scores, dead)
+        return revive(ctx.cost, ctx.budget, ctx.groups, greedy(ctx.cost, ctx.budget, scores, dead))

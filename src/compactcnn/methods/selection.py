@@ -71,6 +71,53 @@ def greedy(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mask
     return dead
 
 
+def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead: Masks,
+           slack: float = 0.02) -> Masks:
+    """Bring dead neurons back, freshly initialised, while the budget still holds, when the
+    network lies more than ``slack`` below it: one at a time, in the layer that has lost the
+    largest share of its neurons.
+
+    A revived neuron's weight rows are drawn like its layer's live rows (same standard
+    deviation) and its norm scale set to the live mean, so it trains again; an all-zero neuron
+    behind a ReLU would not, its gradient being zero.
+    """
+    dead = [d.clone() for d in dead]
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    revived: list[list[int]] = [[] for _ in groups]
+    while budget.excess(cost.fractions(counts)) < -slack:
+        share = [float(c) / g.size if c else -1.0 for c, g in zip(counts, groups, strict=True)]
+        k = max(range(len(groups)), key=share.__getitem__)
+        if share[k] < 0:
+            break
+        counts[k] -= 1
+        if not budget.met(cost.fractions(counts)):
+            counts[k] += 1
+            break
+        i = int(dead[k].nonzero()[0])
+        dead[k][i] = False
+        revived[k].append(i)
+    with torch.no_grad():
+        for group, rows, mask in zip(groups, revived, dead, strict=True):
+            if rows:
+                _initialise(group, torch.tensor(rows), mask)
+    return dead
+
+
+def _initialise(group: NeuronGroup, rows: Tensor, dead: Tensor) -> None:
+    for s in group.slices:
+        if s.part not in ("weight", "scale"):
+            continue
+        matrix = s.rows().clone()
+        live = matrix[~dead.to(matrix.device)]
+        if s.part == "weight":
+            std = float(live.std()) if live.numel() > 1 else 0.01
+            matrix[rows.to(matrix.device)] = torch.randn(len(rows), matrix.shape[1],
+                                                         device=matrix.device) * std
+        else:
+            matrix[rows.to(matrix.device)] = float(live.mean()) if live.numel() else 1.0
+        s.write(matrix)
+
+
 def uniform(cost: CostModel, budget: Budget, scores: Sequence[Tensor], keep: int = 1) -> Masks:
     """The same share of every group's neurons dies, the lowest-scored of each, chosen as the
     smallest share that meets the budget (found by bisection on the share kept)."""
