@@ -10,7 +10,7 @@ setup: $(STAMP)
 
 # torch==2.13.0 is the CPU build on this machine's disk: it is installed first, so that the
 # project's `torch>=2.3` is already met and pip never pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[onnx,dev]'

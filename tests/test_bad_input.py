@@ -276,3 +276,11 @@ def test_fuzzed_command_lines_never_give_a_traceback(tmp_path, monkeypatch, argv
     except SystemExit as e:  # --help
         code = e.code
     assert code in (0, 2)
+
+
+@pytest.mark.parametrize("argv", [["train", "--out", "\x00"], ["table", "lenet5\x00"],
+                                  ["compare", "--target", "params=0.1", "--out", "a\x00b"]])
+def test_a_nul_byte_in_an_argument_gets_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NUL" in err

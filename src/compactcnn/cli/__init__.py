@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        if any("\x00" in a for a in (sys.argv[1:] if argv is None else argv)):
+            # No shell can pass one; from Python it would reach the OS as a path and fail there.
+            raise CompactCNNError("arguments cannot contain NUL bytes")
         args = build_parser().parse_args(argv)
         command: Callable[[argparse.Namespace], int] = args.run
         return command(args)

@@ -32,6 +32,8 @@ def prepare_run_dir(out: Path, resuming: bool) -> None:
         raise CompactCNNError(f"{out} already holds a run; pass --resume or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except ValueError as e:  # a NUL byte in the path
+        raise CompactCNNError(f"cannot write --out {out!r}: {e}") from None
     except OSError as e:
         raise CompactCNNError(f"cannot write --out {out}: {e.strerror}") from None
     probe = out / ".write-test"

@@ -86,6 +86,8 @@ def save_checkpoint(session: Session, path: Path) -> None:
         "progress": asdict(session.progress),
         "model": session.model.state_dict(), "optimizer": session.optimizer.state_dict(),
         "scheduler": session.scheduler.state_dict(), "rng": torch.get_rng_state(),
+        # dropout on a GPU draws from the CUDA generators: a resume there must restore them too
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "method": {k: v.state_dict() for k, v in session.ctx.state.items()}
         if session.ctx else {}})
 
@@ -111,6 +113,8 @@ def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
         raise CompactCNNError(f"{path} does not fit this model: {str(e).splitlines()[0]}"
                               ) from None
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     session.history = state["history"]
     session.epoch = state["epoch"]
     session.progress = Progress(**state["progress"])
