@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-from types import ModuleType
 
 import pytest
 import torch
@@ -17,31 +15,17 @@ from torch.func import functional_call
 from compactcnn.data import synthetic
 from compactcnn.errors import CompactCNNError
 from compactcnn.layers.filtermap import FilterMap, FilterMapConv2d, FilterMapLinear, materialized
-from compactcnn.models import create, registry
-
-
-def _import_unregistered(module_name: str) -> tuple[ModuleType, dict[str, registry.Entry]]:
-    """Import a zoo family module but take its models back out of the registry.
-
-    Until the family is imported by ``compactcnn.models`` (which the zoo-wide tests then list),
-    registering its models for the whole session would change ``names()`` under those tests;
-    the ``registered`` fixture puts them in for this file's tests only. Once the family is
-    imported there, nothing is taken out and the fixture does nothing.
-    """
-    before = set(registry.names())
-    module = importlib.import_module(module_name)
-    return module, {name: registry._TABLE.pop(name) for name in set(registry.names()) - before}
+from compactcnn.models import create
+from tests.fixtures_models import import_unregistered, registered
 
 
 @pytest.fixture(autouse=True, scope="module")
-def registered():
-    registry._TABLE.update(ENTRIES)
-    yield
-    for name in ENTRIES:
-        del registry._TABLE[name]
+def _registered():
+    with registered(ENTRIES):
+        yield
 
 
-fm, ENTRIES = _import_unregistered("compactcnn.models.filtermap")
+fm, ENTRIES = import_unregistered("compactcnn.models.filtermap")
 
 
 def count(model: nn.Module) -> int:
