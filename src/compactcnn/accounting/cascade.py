@@ -8,13 +8,18 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 import torch
-import torch_pruning as tp
 from torch import Tensor, nn
 
 from compactcnn.accounting.table import NeuronTable
 from compactcnn.errors import CompactCNNError
 from compactcnn.inputs import as_input
-from compactcnn.sparsity.tp_adapter import classifier_of, dependency_graph, grouped_conv_blocks
+from compactcnn.sparsity.tp_adapter import (
+    classifier_of,
+    dependency_graph,
+    group_of,
+    grouped_conv_blocks,
+    removes_inputs,
+)
 
 
 def parse_removals(specs: list[str]) -> dict[str, int]:
@@ -58,16 +63,14 @@ def cascade(model: nn.Module, table: NeuronTable, remove: Mapping[str, int]) -> 
             raise CompactCNNError(f"cannot remove {n} of the {row.output} neurons of '{layer}': "
                                   f"remove between 1 and {row.output - 1}")
         module = modules[layer]
-        fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) \
-            else tp.prune_conv_out_channels
-        whole = graph.get_pruning_group(module, fn, list(range(row.output)))
+        whole = group_of(graph, module, list(range(row.output)))
         idxs = _evenly(grouped_conv_blocks(whole), row.output, n, layer)
-        for item in graph.get_pruning_group(module, fn, idxs):
+        for item in group_of(graph, module, idxs):
             target = names.get(item.dep.target.module)
             if target not in rows:
                 continue
             r, k = rows[target], len(item.idxs)
-            if _is_out(item.dep.handler):
+            if not removes_inputs(item.dep):
                 if touched.get(target, layer) != layer:
                     raise CompactCNNError(f"'{layer}' is coupled with '{touched[target]}': "
                                           "remove neurons from only one of them")
@@ -81,9 +84,6 @@ def cascade(model: nn.Module, table: NeuronTable, remove: Mapping[str, int]) -> 
                 rows[target] = replace(r, input=r.input - k // (r.width * r.height))
     return replace(table, layers=tuple(rows[r.name] for r in table.layers))
 
-
-def _is_out(handler) -> bool:
-    return handler not in (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 
 def _evenly(blocks: list[Tensor], size: int, n: int, layer: str) -> list[int]:
