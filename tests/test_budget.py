@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from compactcnn import models
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods.budget import Budget, CostModel
-from compactcnn.methods.selection import greedy, kill, revive, uniform
+from compactcnn.methods.selection import fill, greedy, kill, revive, uniform
 from compactcnn.sparsity import neuron_groups
 from compactcnn.surgery import compact
 
@@ -115,3 +115,13 @@ def test_revive_leaves_a_selection_within_the_slack_alone():
     dead = greedy(cost, budget, [g.norms().cpu() for g in groups])
     again = revive(cost, budget, groups, dead)
     assert all(torch.equal(a, b) for a, b in zip(again, dead, strict=True))
+
+
+def test_fill_spares_the_highest_scored_neurons_while_the_budget_holds():
+    model, shape, groups, cost = _model("vgg_small")
+    scores = [torch.rand(g.size) for g in groups]
+    far_below = greedy(cost, Budget(params=0.05), scores)
+    filled = fill(cost, Budget(params=0.2), scores, far_below)
+    counts = torch.tensor([float(d.sum()) for d in filled], dtype=torch.float64)
+    assert 0.2 * 0.98 <= cost.fractions(counts)["params"] <= 0.2
+    assert all(not bool((f & ~d).any()) for f, d in zip(filled, far_below, strict=True))

@@ -31,7 +31,6 @@ class Context:
     cost: CostModel
     budget: Budget
     prune_steps: int  # optimizer steps before the selection point
-    lam: float
     example: torch.Tensor
     val: Any  # the validation set (a TensorDataset), for methods that search
     widths: dict[str, int] | None = None  # live neurons per group, for `scratch`
@@ -44,8 +43,6 @@ class Method:
     """The default method: dense training, then nothing selected (subclasses override)."""
 
     name = "dense"
-    #: trains with the run's sparse penalty (ProximalOptimizer) in the first phase
-    proximal = False
     #: the selected architecture is re-initialised and trained for all epochs (a control)
     from_scratch = False
 

@@ -4,7 +4,8 @@ The network trains dense; then a population of masks evolves, each scored by the
 accuracy of the masked network minus a penalty for every relative unit it lies above the
 budget; tournament selection, uniform crossover, bit-flip mutation and elitism, for a bounded
 number of generations. The fittest mask is trimmed to the budget (smallest L1 first, if it is
-still above) and the network is compacted and fine-tuned like every other method.
+still above) or filled up to it (largest L1 first, if it lies below), and the network is
+compacted and fine-tuned like every other method.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from compactcnn.accounting.accuracy import evaluate
 from compactcnn.methods.base import Context, Method, weight_l1
-from compactcnn.methods.selection import Masks, greedy, kill, uniform
+from compactcnn.methods.selection import Masks, fill, greedy, kill, uniform
 
 POPULATION, GENERATIONS, ELITE = 16, 12, 2
 PENALTY = 2.0  # fitness lost per unit of relative excess over the budget
@@ -54,7 +55,8 @@ class Evolutionary(Method):
                 children.append(_mutate(child, 1 / len(child), g))
             population = children
         best = max(population, key=fitness)
-        return greedy(ctx.cost, ctx.budget, l1, list(best.split(sizes)))
+        trimmed = greedy(ctx.cost, ctx.budget, l1, list(best.split(sizes)))
+        return fill(ctx.cost, ctx.budget, l1, trimmed)
 
 
 def _tournament(ranked: list[Tensor], g: torch.Generator) -> Tensor:

@@ -20,8 +20,6 @@ REACH = 0.8  # the share of the sparse phase by which the path reaches the budge
 
 
 class Proximal(Method):
-    proximal = True
-
     def __init__(self, name: str) -> None:
         self.name = name
 

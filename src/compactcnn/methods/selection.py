@@ -71,6 +71,25 @@ def greedy(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mask
     return dead
 
 
+def fill(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Masks) -> Masks:
+    """Spare dead-marked neurons, highest score first, while the budget still holds.
+
+    For methods whose marks are not yet applied (a search over masks): the spared neurons
+    still have their trained weights, so sparing one costs nothing but parameters.
+    """
+    dead = [d.clone() for d in dead]
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    order = sorted(((float(s[i]), g, i) for g, s in enumerate(scores) for i in range(len(s))
+                    if dead[g][i]), reverse=True)
+    for _, g, i in order:
+        counts[g] -= 1
+        if budget.met(cost.fractions(counts)):
+            dead[g][i] = False
+        else:
+            counts[g] += 1
+    return dead
+
+
 def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead: Masks,
            slack: float = 0.02) -> Masks:
     """Bring dead neurons back, freshly initialised, while the budget still holds, when the

@@ -46,7 +46,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, cfg, splits) -> C
                               + ", ".join(f"{k} {v:.1%}" for k, v in floor.items()))
     per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
     ctx = Context(model, optimizer, groups, cost, cfg.budget, prune_epochs(cfg) * per_epoch,
-                  cfg.lam, example, splits.val,
+                  example, splits.val,
                   parse_widths(cfg.widths) if cfg.widths else None)
     if ctx.prune_steps:
         m.prepare(ctx)
