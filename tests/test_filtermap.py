@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -16,7 +15,7 @@ from compactcnn.data import synthetic
 from compactcnn.errors import CompactCNNError
 from compactcnn.layers.filtermap import FilterMap, FilterMapConv2d, FilterMapLinear, materialized
 from compactcnn.models import create
-from tests.fixtures_models import import_unregistered, registered
+from tests.fixtures_models import import_unregistered, registered, train_steps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -190,15 +189,7 @@ def test_zoo_model_trains_on_a_small_slice(name, size):
     x, y = synthetic(400, (1, size, size), num_classes=10, seed=3)
     (train_x, test_x), (train_y, test_y) = x.split(200), y.split(200)
     model = create(name, input_size=size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
-    for step in range(40):
-        batch = slice(step % 4 * 50, step % 4 * 50 + 50)
-        loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, train_x, train_y, 40, 2e-3)
     model.eval()
     with torch.no_grad():
         accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from compactcnn.data.colour import synthetic_colour
 from compactcnn.errors import CompactCNNError
 from compactcnn.models import create
-from tests.fixtures_models import import_unregistered, registered
+from tests.fixtures_models import import_unregistered, registered, train_steps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -121,15 +121,7 @@ def test_gray_hist_trains_on_a_small_slice():
     normalised = (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     (train_x, test_x), (train_y, test_y) = normalised.split(200), labels.split(200)
     model = GrayHist(9, mean=mean.tolist(), std=std.tolist())
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(120):
-        batch = slice(step % 4 * 50, step % 4 * 50 + 50)
-        loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, train_x, train_y, 120, 3e-3)
     with torch.no_grad():
         accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
     assert sum(losses[-4:]) < 0.5 * sum(losses[:4])

@@ -9,7 +9,7 @@ ranking is global or per layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -62,12 +62,7 @@ def greedy(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mask
     if not budget.met(cost.fractions(counts)):
         raise CompactCNNError(f"the budget {budget} cannot be met: with every neuron this method "
                               f"ranks removed the model keeps {_describe(cost.fractions(counts))}")
-    for g, i in reversed(taken):
-        counts[g] -= 1
-        if budget.met(cost.fractions(counts)):
-            dead[g][i] = False
-        else:
-            counts[g] += 1
+    _spare(cost, budget, dead, counts, reversed(taken))
     return dead
 
 
@@ -81,13 +76,19 @@ def fill(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Masks)
     counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
     order = sorted(((float(s[i]), g, i) for g, s in enumerate(scores) for i in range(len(s))
                     if dead[g][i]), reverse=True)
-    for _, g, i in order:
+    _spare(cost, budget, dead, counts, ((g, i) for _, g, i in order))
+    return dead
+
+
+def _spare(cost: CostModel, budget: Budget, dead: Masks, counts: Tensor,
+           candidates: Iterable[tuple[int, int]]) -> None:
+    """Unmark each candidate (group, neuron), in order, whose return keeps the budget met."""
+    for g, i in candidates:
         counts[g] -= 1
         if budget.met(cost.fractions(counts)):
             dead[g][i] = False
         else:
             counts[g] += 1
-    return dead
 
 
 def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead: Masks,
