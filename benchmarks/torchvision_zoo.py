@@ -7,7 +7,13 @@ optimizer leaves them (weight rows, biases, and the following norms' scale and s
 then compacted, and the compact model is compared with the sparse one on fresh inputs.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/torchvision_zoo.py \\
-        [--models NAME ...] [--share 0.3] [--out benchmarks/results/torchvision_zoo.md]
+        [--models NAME ...] [--share 0.3] [--timeout 600] [--again] \\
+        [--out benchmarks/results/torchvision_zoo.md]
+
+Each model runs in a process of its own, stopped after ``--timeout`` seconds (a 224x224 vision
+transformer on 2 cores can take many minutes; one slow model must not stall the sweep), and a
+sweep picks up where the last one stopped: models already in the table are kept, not rerun,
+unless ``--again``.
 
 torchvision's wheel here is built against CUDA torch: its compiled operators (detection's nms)
 cannot load beside the CPU build of torch, which only its import needs. The models need none
@@ -17,6 +23,8 @@ of them, so :func:`load_torchvision` declares the two operators' schemas before 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import queue
 import sys
 import time
 import warnings
@@ -138,23 +146,54 @@ def row(r: dict) -> str:
             f"{r['diff']:.1e} | {r['passes']} | {r['seconds']:.1f} |")
 
 
+def _child(name: str, share: float, results: multiprocessing.Queue) -> None:
+    warnings.filterwarnings("ignore")  # torch-pruning warns about unwrapped parameters
+    try:
+        results.put(row(run(name, share)))
+    except Exception as e:  # noqa: BLE001  the sweep reports every failure and goes on
+        results.put(f"| {name} | FAILED: {type(e).__name__}: {str(e)[:120]} |")
+
+
+def timed_row(name: str, share: float, timeout: float) -> str:
+    """The model's row, from a process of its own that is stopped after ``timeout`` seconds."""
+    results = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(target=_child,
+                                                         args=(name, share, results))
+    child.start()
+    try:
+        return results.get(timeout=timeout)
+    except queue.Empty:
+        return f"| {name} | TIMEOUT: not done in {timeout:.0f} s |"
+    finally:
+        child.kill()
+        child.join()
+
+
+def finished(path: Path) -> dict[str, str]:
+    """Rows of an earlier sweep that completed (failures and timeouts are run again)."""
+    if not path.exists():
+        return {}
+    rows = [line for line in path.read_text().splitlines()[2:] if line.startswith("| ")]
+    return {line.split(" | ")[0][2:]: line for line in rows
+            if "FAILED" not in line and "TIMEOUT" not in line}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="*", help="default: every classification model")
     p.add_argument("--share", type=float, default=0.3)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
+    p.add_argument("--again", action="store_true", help="rerun models already in --out")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/torchvision_zoo.md"))
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore")  # torch-pruning warns about unwrapped parameters
     tv = load_torchvision()
     names = args.models or tv.models.list_models(module=tv.models)
+    done = {} if args.again else finished(args.out)
     lines, failures = [HEADER], 0
     print(HEADER, flush=True)
     for name in names:
-        try:
-            line = row(run(name, args.share))
-        except Exception as e:  # noqa: BLE001  the sweep reports every failure and goes on
-            failures += 1
-            line = f"| {name} | FAILED: {type(e).__name__}: {str(e)[:120]} |"
+        line = done.get(name) or timed_row(name, args.share, args.timeout)
+        failures += "FAILED" in line or "TIMEOUT" in line
         print(line, flush=True)
         lines.append(line)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import ModuleType
-
 from torch import nn
-
-from compactcnn.models import registry
 
 
 def tiny_cnn(num_classes: int = 10) -> nn.Module:
@@ -43,29 +36,6 @@ class _FailingForward(nn.Module):
 def fails_forward(num_classes: int = 10) -> nn.Module:
     """Builds, then fails in forward with an error that is not torch's, as user code may."""
     return _FailingForward(num_classes)
-
-
-def import_unregistered(module_name: str) -> tuple[ModuleType, dict[str, registry.Entry]]:
-    """Import a zoo family module but take its models back out of the registry.
-
-    Until the family is imported by ``compactcnn.models`` (which the zoo-wide tests then list),
-    registering its models for the whole session would change ``names()`` under those tests;
-    :func:`registered` puts them in for one test file only. Once the family is imported there,
-    nothing is taken out and :func:`registered` does nothing.
-    """
-    before = set(registry.names())
-    module = importlib.import_module(module_name)
-    return module, {name: registry._TABLE.pop(name) for name in set(registry.names()) - before}
-
-
-@contextmanager
-def registered(entries: dict[str, registry.Entry]) -> Iterator[None]:
-    registry._TABLE.update(entries)
-    try:
-        yield
-    finally:
-        for name in entries:
-            del registry._TABLE[name]
 
 
 def train_steps(model: nn.Module, x, y, steps: int, lr: float) -> list[float]:

@@ -87,16 +87,6 @@ def test_export_takes_an_import_path_with_its_input(tmp_path, capsys):
     assert out.is_file() and "max |torchscript - pytorch|" in capsys.readouterr().out
 
 
-def test_compact_refuses_a_model_it_could_not_save_before_compacting(tmp_path, capsys,
-                                                                    monkeypatch):
-    from compactcnn import surgery
-
-    monkeypatch.setattr(surgery, "compact", lambda *a, **k: pytest.fail("compacted anyway"))
-    err = one_line_error(capsys, "compact", f"{FIXTURES}:tiny_cnn", "--input", "1,12,12",
-                         "--out", str(tmp_path / "small.safetensors"))
-    assert "only models built by compactcnn.models.create can be saved" in err
-
-
 # --- files from a newer compactcnn ------------------------------------------------------------
 
 

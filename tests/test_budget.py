@@ -125,3 +125,28 @@ def test_fill_spares_the_highest_scored_neurons_while_the_budget_holds():
     counts = torch.tensor([float(d.sum()) for d in filled], dtype=torch.float64)
     assert 0.2 * 0.98 <= cost.fractions(counts)["params"] <= 0.2
     assert all(not bool((f & ~d).any()) for f, d in zip(filled, far_below, strict=True))
+
+
+@settings(max_examples=8, deadline=None)
+@given(conv2=st.integers(1, 50), fc3=st.integers(1, 500), data=st.data())
+def test_a_ranked_cost_model_prices_dead_neurons_and_ranks_as_compaction_then_factorisation(
+        conv2, fc3, data):
+    from compactcnn.surgery.factorise import factorise
+
+    model, shape, groups, _ = _model("lenet5")
+    generator = torch.Generator().manual_seed(conv2 * 1000 + fc3)
+    with torch.no_grad():
+        for layer, rank in ((model.conv2, conv2), (model.fc3, fc3)):
+            out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+            left = torch.randn(out, rank, generator=generator)
+            right = torch.randn(rank, fan_in, generator=generator) / fan_in
+            layer.weight.copy_((left @ right).reshape(layer.weight.shape))
+    cost = CostModel(model, shape, groups, ranked=True)
+    dead = [torch.tensor(data.draw(st.lists(st.booleans(), min_size=g.size, max_size=g.size)))
+            & (torch.arange(g.size) > 0) for g in groups]
+    kill(groups, dead)
+    priced = cost.absolute(cost.dead_counts())
+    small, _ = compact(model, shape)
+    small, report = factorise(small, shape)
+    assert priced["params"] == report.after.total_params
+    assert priced["flops"] == report.flops_after

@@ -375,7 +375,8 @@ def test_load_dataset_fashion_mnist_with_limit():
 @pytest.mark.parametrize(
     ("spec", "kwargs", "message"),
     [
-        ("mnist", {}, "unknown dataset 'mnist': expected 'fashion-mnist', 'synthetic' or"),
+        ("mnist", {}, "unknown dataset 'mnist': expected 'fashion-mnist', 'synthetic', "
+                      "'synthetic-colour' or 'folder:PATH'"),
         ("folder:", {}, "unknown dataset"),
         ("synthetic", {"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
         ("synthetic", {"val_fraction": -0.1}, "val_fraction"),

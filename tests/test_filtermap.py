@@ -11,20 +11,13 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
+from compactcnn.accounting import neuron_table
 from compactcnn.data import synthetic
 from compactcnn.errors import CompactCNNError
+from compactcnn.files import modelfile
 from compactcnn.layers.filtermap import FilterMap, FilterMapConv2d, FilterMapLinear, materialized
 from compactcnn.models import create
-from tests.fixtures_models import import_unregistered, registered, train_steps
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    with registered(ENTRIES):
-        yield
-
-
-fm, ENTRIES = import_unregistered("compactcnn.models.filtermap")
+from tests.fixtures_models import train_steps
 
 
 def count(model: nn.Module) -> int:
@@ -72,11 +65,13 @@ def test_forward_is_a_conv_with_the_documented_filters(in_ch, out_ch, k, extra, 
         return
     layer = FilterMapConv2d(in_ch, out_ch, k, shape, stride, padding)
     with torch.no_grad():
-        layer.map.copy_(weights)
-    assert torch.equal(layer.filters(), expected)
+        layer.map.copy_(weights / layer.scale)  # the parameter is in units of 1/sqrt(reads)
+    assert torch.allclose(layer.values(), weights, rtol=1e-6, atol=0)
+    assert torch.allclose(layer.filters(), expected, rtol=1e-6, atol=0)
+    assert torch.equal(layer.filters(), layer.values().flatten()[layer.index])
     conv = nn.Conv2d(in_ch, out_ch, k, stride, padding)
     with torch.no_grad():
-        conv.weight.copy_(expected)
+        conv.weight.copy_(layer.filters())
         conv.bias.copy_(layer.bias)
     x = torch.randn(2, in_ch, 7, 6)
     assert torch.equal(layer(x), conv(x))
@@ -92,6 +87,23 @@ def test_gradients_pass_gradcheck_in_double():
             return functional_call(layer, {"map": m, "bias": b}, (x,))
         inputs = (x.double(), layer.map.detach().clone(), layer.bias.detach().clone())
         assert torch.autograd.gradcheck(run, tuple(t.requires_grad_() for t in inputs))
+
+
+def test_sgd_moves_a_shared_entry_by_the_mean_of_its_readers_gradients():
+    """As far as a dense layer's weight moves, however many filters read the entry."""
+    torch.manual_seed(0)
+    layer = FilterMapConv2d(2, 8, 3, (3, 4, 4))
+    reads = torch.bincount(layer.index.flatten(), minlength=layer.map.numel())
+    assert reads.min() < reads.max()  # corners are read less than the middle
+    assert torch.equal(layer.scale.flatten(), reads.float().rsqrt())
+    before = layer.values().detach().clone()
+    upstream = torch.randn(layer.filters().shape)
+    (layer.filters() * upstream).sum().backward()
+    summed = torch.zeros(layer.map.numel()).index_add_(0, layer.index.flatten(),
+                                                       upstream.flatten())
+    torch.optim.SGD([layer.map], lr=0.1).step()
+    step = (layer.values().detach() - before).flatten()
+    assert torch.allclose(step, -0.1 * summed / reads, atol=1e-6)
 
 
 def test_neighbouring_filters_share_map_entries():
@@ -145,42 +157,77 @@ def test_map_shape_for_meets_a_budget_with_a_valid_map(in_ch, out_ch, k, share):
 
 # --- the zoo models ----------------------------------------------------------------------------
 
-DENSE = {"lenet5_filtermap": "lenet5", "lenet5_filtermap_5": "lenet5",
-         "vgg_small_filtermap": "vgg_small", "vgg_small_filtermap_5": "vgg_small"}
-TOTALS = {"lenet5_filtermap": 43_103, "lenet5_filtermap_5": 21_540,
-          "vgg_small_filtermap": 58_503, "vgg_small_filtermap_5": 29_253}
+DENSE = {"lenet5_filtermap": "lenet5", "vgg_small_filtermap": "vgg_small"}
+TOTALS = {("lenet5_filtermap", 0.10): 43_103, ("lenet5_filtermap", 0.05): 21_540,
+          ("vgg_small_filtermap", 0.10): 58_503, ("vgg_small_filtermap", 0.05): 29_253}
 
 
-@pytest.mark.parametrize("name", sorted(DENSE))
-def test_zoo_models_hold_their_share_and_materialise_into_the_dense_model(name):
+@pytest.mark.parametrize(("name", "fraction"), sorted(TOTALS))
+def test_zoo_models_hold_their_share_and_materialise_into_the_dense_model(name, fraction):
     torch.manual_seed(0)
-    model = create(name).eval()
+    model = create(name, fraction=fraction).eval()
     dense = create(DENSE[name]).eval()
-    assert count(model) == TOTALS[name]
-    share = 0.05 if name.endswith("_5") else 0.10
-    assert count(model) == pytest.approx(share * count(dense), rel=0.001)
+    assert count(model) == TOTALS[name, fraction]
+    assert count(model) == pytest.approx(fraction * count(dense), rel=0.001)
     assert [n for n, _ in model.named_modules()] == [n for n, _ in dense.named_modules()]
     first_conv = "conv1" if DENSE[name] == "lenet5" else "features.0"
     assert type(model.get_submodule(first_conv)) is nn.Conv2d
-    dense.load_state_dict(materialized(model).state_dict())
+    plain = materialized(model)
+    dense.load_state_dict(plain.state_dict())
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(dense(x), model(x))
     assert any(isinstance(m, FilterMap) for m in model.modules())  # left as it was
+    assert model.compactcnn_spec["name"] == name
+    assert plain.compactcnn_spec == dense.compactcnn_spec  # the copy is the plain zoo model
 
 
-@pytest.mark.parametrize("build", [fm.lenet5_filtermap_at, fm.vgg_small_filtermap_at])
-def test_builders_at_a_budget(build):
-    model = build(0.2, num_classes=4, in_channels=3, input_size=32)
+@pytest.mark.parametrize("name", sorted(DENSE))
+def test_other_sizes_at_a_budget(name):
+    model = create(name, num_classes=4, in_channels=3, input_size=32, fraction=0.2)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
-    dense = build.__name__.removesuffix("_filtermap_at")
-    reference = create(dense, num_classes=4, in_channels=3, input_size=32)
+    reference = create(DENSE[name], num_classes=4, in_channels=3, input_size=32)
     assert count(model) == pytest.approx(0.2 * count(reference), rel=0.001)
     for fraction in (0.0, 1.0, 0.001):
         with pytest.raises(CompactCNNError, match="fraction"):
-            build(fraction)
+            create(name, fraction=fraction)
     with pytest.raises(CompactCNNError, match="input_size"):
-        build(0.1, input_size=4)
+        create(name, input_size=4, fraction=0.1)
+
+
+def test_the_neuron_table_counts_the_map_in_the_shape_of_the_dense_layer():
+    model, dense = create("lenet5_filtermap"), create("lenet5")
+    table, plain = neuron_table(model, (1, 28, 28)), neuron_table(dense, (1, 28, 28))
+    assert table.total_params == count(model) == 43_103
+    conv2, fc3 = table.row("conv2"), table.row("fc3")
+    assert (conv2.kind, fc3.kind) == ("fm-conv", "fm-linear")
+    assert conv2.params == model.conv2.map.numel() + 50
+    assert fc3.params == model.fc3.map.numel() + 500
+    for row in (conv2, fc3):  # every column but the parameters is the dense layer's
+        dense_row = plain.row(row.name)
+        assert (row.width, row.height, row.input, row.output, row.feature_map) == (
+            dense_row.width, dense_row.height, dense_row.input, dense_row.output,
+            dense_row.feature_map)
+        assert row.params < dense_row.params
+    assert table.total_feature_map == plain.total_feature_map
+
+
+def test_a_model_file_keeps_the_maps_and_refuses_a_map_of_another_shape(tmp_path):
+    torch.manual_seed(0)
+    model = create("vgg_small_filtermap", input_size=16, fraction=0.05).eval()
+    path = tmp_path / "fm.safetensors"
+    modelfile.save(model, path)
+    loaded = modelfile.load(path)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert count(loaded) == count(model) and isinstance(loaded.features[3], FilterMapConv2d)
+    bigger = model.features[3].map_shape[0] + 1
+    with torch.no_grad():  # a map that still covers every index: it would run, wrongly
+        model.features[3].map = nn.Parameter(torch.randn(bigger, *model.features[3].map_shape[1:]))
+    modelfile.save(model, path)
+    with pytest.raises(CompactCNNError, match=r"features\.3\.map has shape"):
+        modelfile.load(path)
 
 
 @pytest.mark.parametrize(("name", "size"), [("lenet5_filtermap", 28), ("vgg_small_filtermap", 16)])

@@ -1,4 +1,4 @@
-"""The colour histogram extractor, the gray_hist model and the synthetic colour task."""
+"""The colour histogram extractor, the gray_hist models and the synthetic colour task."""
 
 from __future__ import annotations
 
@@ -8,20 +8,19 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from compactcnn.cli import main
+from compactcnn.data import load_dataset
 from compactcnn.data.colour import synthetic_colour
 from compactcnn.errors import CompactCNNError
 from compactcnn.models import create
-from tests.fixtures_models import import_unregistered, registered, train_steps
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    with registered(ENTRIES):
-        yield
-
-
-gray_hist, ENTRIES = import_unregistered("compactcnn.models.gray_hist")
-LUMA, ColourHistogram, GrayHist = gray_hist.LUMA, gray_hist.ColourHistogram, gray_hist.GrayHist
+from compactcnn.models.gray_hist import (
+    LUMA,
+    ColourHistogram,
+    GrayHist,
+    parameters_at,
+    widths_for,
+)
+from tests.fixtures_models import train_steps
 
 
 def slow_histogram(images: torch.Tensor, bins: int, grid: int, mean: list[float],
@@ -64,18 +63,85 @@ def test_histogram_refuses_what_it_cannot_describe():
         ColourHistogram(mean=[0.5, 0.5])
 
 
-def test_gray_hist_needs_colour_input():
+def test_gray_hist_needs_colour_input(tmp_path, capsys):
     with pytest.raises(CompactCNNError, match=r"^gray_hist needs RGB input \(3 channels\), got 1$"):
         create("gray_hist", in_channels=1)
     with pytest.raises(CompactCNNError, match="RGB"):
         create("gray_hist")(torch.rand(2, 1, 32, 32))
+    argv = ["train", "--model", "gray_hist", "--data", "synthetic", "--limit", "100",
+            "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "compactcnn: error: gray_hist needs RGB input (3 channels), got 1\n"
 
 
-def test_gray_hist_size_and_parameters():
+def test_the_cnn_sees_the_standardised_luminance():
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
+    model = GrayHist(10, mean=mean, std=std)
+    pixels = torch.rand(4, 3, 8, 8)
+    x = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    luma = torch.tensor(LUMA).view(1, 3, 1, 1)
+    centred = ((pixels - torch.tensor(mean).view(1, 3, 1, 1)) * luma).sum(1, keepdim=True)
+    spread = (luma.flatten() * torch.tensor(std)).square().sum().sqrt()
+    assert torch.allclose(model.luminance(x), centred / spread, atol=1e-6)
+
+
+def test_gray_hist_size_and_parts():
     model = create("gray_hist")
-    assert sum(p.numel() for p in model.parameters()) == 32_170
+    assert sum(p.numel() for p in model.parameters()) == 32_170 == parameters_at((8, 16, 64), 10)
     assert model.features[0].in_channels == 1  # the CNN sees luminance only
     assert model(torch.rand(2, 3, 4, 4)).shape == (2, 10)
+    cnn, colour = create("gray_hist_cnn"), create("gray_hist_colour")
+    assert cnn.colour_fc is None and colour.features is None and colour.shape_fc is None
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        # The CNN alone cannot see colour: an isoluminant change leaves it unmoved.
+        shift = torch.tensor([0.1, -0.1 * LUMA[0] / LUMA[1], 0.0]).view(1, 3, 1, 1)
+        assert torch.allclose(cnn(x), cnn(x + shift), atol=1e-5)
+        assert not torch.allclose(colour(x), colour(x + 0.3 * shift.sign()), atol=1e-3)
+    with pytest.raises(CompactCNNError, match="parts must be one of"):
+        GrayHist(10, parts="shape")
+
+
+def test_both_feature_sets_reach_the_hidden_layer_as_one_concatenation():
+    """shape_fc(s) + colour_fc(c) is the linear layer on [s; c]: its two column blocks."""
+    torch.manual_seed(0)
+    model = create("gray_hist").eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        joined = torch.cat([model.features(model.luminance(x)).flatten(1), model.histogram(x)],
+                           1)
+        weight = torch.cat([model.shape_fc.weight, model.colour_fc.weight], 1)
+        hidden = torch.nn.functional.linear(joined, weight, model.shape_fc.bias)
+        assert torch.allclose(model(x), model.out(torch.relu(hidden)), atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1_500, 9_000, 32_170, 65_708, 200_000])
+@pytest.mark.parametrize("classes", [2, 9])
+def test_widths_for_a_budget(budget, classes):
+    widths = widths_for(budget, classes)
+    model = GrayHist(classes, widths=widths)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == parameters_at(widths, classes) <= budget  # a budget is a ceiling
+    # Within 1% where widths can land there; a tiny network has coarser steps.
+    assert total >= budget * (0.99 if budget > 5000 else 0.97)
+    assert widths_for(32_170, 10) == (8, 16, 64)  # the published network at its own size
+    with pytest.raises(CompactCNNError, match="gray_hist needs at least"):
+        widths_for(200, classes)
+
+
+def test_synthetic_colour_data_and_the_normalisation_undone_before_binning():
+    splits = load_dataset("synthetic-colour", limit=300, test_limit=50)
+    assert splits.input_shape == (3, 32, 32) and splits.num_classes == 9
+    assert len(splits.train) + len(splits.val) == 300 and len(splits.test) == 50
+    again = load_dataset("synthetic-colour", limit=300, test_limit=50)
+    assert torch.equal(again.train.tensors[0], splits.train.tensors[0])
+    model = create("gray_hist", normalisation=(splits.mean, splits.std))
+    images = splits.train.tensors[0][:4]
+    pixels = (images * torch.tensor(splits.std).view(1, 3, 1, 1)
+              + torch.tensor(splits.mean).view(1, 3, 1, 1))
+    assert torch.equal(model.histogram(images), ColourHistogram()(pixels))
+    assert not torch.equal(model.histogram(images), ColourHistogram()(images))
 
 
 def test_synthetic_colour_is_fixed_balanced_and_in_range():

@@ -26,7 +26,8 @@ def _cfg(method: str, model: str = "vgg_small", target: str = "params=0.25", **k
     return TrainConfig(model=model, method=method, target=target, widths=widths, **SMALL | kw)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+# Those compact by design have their own tests (test_by_design.py): gray_hist needs colour data.
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"filtermap", "gray_hist"}))
 def test_every_method_meets_its_budget_and_reports_the_model_it_saved(method, tmp_path):
     cfg = _cfg(method)
     result = run(cfg, tmp_path)
@@ -102,10 +103,11 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in first["rows"]]
 
 
-def test_a_resumed_budget_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart"}])
+def test_a_resumed_budget_run_equals_an_uninterrupted_one(options, tmp_path, monkeypatch):
     from compactcnn.run import loop
 
-    cfg = _cfg("group", model="lenet5", epochs=4, prune_fraction=0.75)
+    cfg = _cfg("group", model="lenet5", epochs=4, prune_fraction=0.75, **options)
     whole = run(cfg, tmp_path / "whole")
     real, calls = loop.run_epoch, []
 
@@ -124,3 +126,25 @@ def test_a_resumed_budget_run_equals_an_uninterrupted_one(tmp_path, monkeypatch)
     b = modelfile.load(tmp_path / "parts" / "model.safetensors").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["accuracy"] == whole["accuracy"]
+
+
+@pytest.mark.parametrize("compact_lr", ["continue", "restart"])
+def test_the_compact_network_continues_or_restarts_the_schedule(compact_lr, tmp_path,
+                                                               monkeypatch):
+    from compactcnn.run import loop
+
+    real, starts = loop.run_epoch, []
+
+    def record(model, optimizer, scheduler, *args, **kwargs):
+        starts.append(optimizer.param_groups[0]["lr"])
+        return real(model, optimizer, scheduler, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", record)
+    cfg = _cfg("group", model="lenet5", epochs=4, compact_lr=compact_lr, lr_warmup_epochs=0)
+    run(cfg, tmp_path)
+    lr = cfg.learning_rate
+    assert starts[0] == pytest.approx(lr)  # the sparse phase starts the run's schedule
+    if compact_lr == "restart":  # the survivors get the whole cosine over the epochs left
+        assert starts[2] == pytest.approx(lr)
+    else:  # halfway down the cosine over 4 epochs
+        assert starts[2] == pytest.approx(lr / 2, rel=0.05)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compactcnn.errors import CompactCNNError
-from compactcnn.models import create, defaults, min_input_size, names
+from compactcnn.models import create, defaults, min_input_size, names, options
 from compactcnn.models.alexnet import AlexNet
 from compactcnn.models.lenet import LeNet5
 from compactcnn.models.squeezenet import SqueezeNet
@@ -20,7 +20,11 @@ from compactcnn.models.vgg import VGGSmall
 
 ALL = [
     "alexnet",
+    "gray_hist",
+    "gray_hist_cnn",
+    "gray_hist_colour",
     "lenet5",
+    "lenet5_filtermap",
     "mlp",
     "resnet18",
     "resnet20",
@@ -29,6 +33,7 @@ ALL = [
     "vgg11",
     "vgg16",
     "vgg_small",
+    "vgg_small_filtermap",
 ]
 
 TOTALS = {
@@ -40,6 +45,11 @@ TOTALS = {
     "lenet5": 431_080,
     "vgg_small": 585_066,
     "mlp": 545_810,
+    "lenet5_filtermap": 43_103,
+    "vgg_small_filtermap": 58_503,
+    "gray_hist": 32_170,
+    "gray_hist_cnn": 18_346,
+    "gray_hist_colour": 14_538,
 }
 
 
@@ -85,8 +95,36 @@ def test_defaults_are_the_documented_ones_and_a_copy() -> None:
     assert defaults("alexnet") == {"num_classes": 1000, "in_channels": 3, "input_size": 227}
     assert defaults("lenet5") == {"num_classes": 10, "in_channels": 1, "input_size": 28}
     assert defaults("resnet56") == {"num_classes": 10, "in_channels": 3, "input_size": 32}
+    assert defaults("gray_hist") == {"num_classes": 10, "in_channels": 3, "input_size": 32}
     defaults("mlp")["num_classes"] = 99
     assert defaults("mlp")["num_classes"] == 10
+
+
+def test_options_are_declared_recorded_and_checked() -> None:
+    assert options("lenet5") == {}
+    assert options("lenet5_filtermap") == {"fraction": 0.10}
+    assert options("gray_hist") == {"bins": 8, "widths": [8, 16, 64]}
+    options("gray_hist")["bins"] = 3
+    assert options("gray_hist")["bins"] == 8
+    # Every option is recorded, given or not, so that a model file can rebuild the model.
+    model = create("lenet5_filtermap", fraction=0.05)
+    assert model.compactcnn_spec == {"name": "lenet5_filtermap", "num_classes": 10,
+                                     "in_channels": 1, "input_size": 28, "fraction": 0.05}
+    assert count(model) == 21_540
+    assert create("lenet5").compactcnn_spec == {"name": "lenet5", "num_classes": 10,
+                                                "in_channels": 1, "input_size": 28}
+    assert count(create("gray_hist", bins=4, widths=[4, 8, 32])) == 8_250
+    with pytest.raises(CompactCNNError, match=r"^lenet5 has no option 'fraction'; it has none$"):
+        create("lenet5", fraction=0.1)
+    with pytest.raises(CompactCNNError, match=r"^gray_hist has no option 'parts'; its options "
+                                              r"are bins, widths$"):
+        create("gray_hist", parts="cnn")
+    for bad in ({"fraction": 1.5}, {"fraction": "0.1"}):
+        with pytest.raises(CompactCNNError, match="fraction must be between 0 and 1"):
+            create("lenet5_filtermap", **bad)
+    for bad in ({"widths": [8, 16]}, {"widths": [8, 0, 64]}, {"bins": 0}, {"bins": 2.5}):
+        with pytest.raises(CompactCNNError):
+            create("gray_hist", **bad)
 
 
 @pytest.mark.parametrize("name", ALL)

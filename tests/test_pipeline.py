@@ -75,6 +75,7 @@ def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> N
                  str(tmp_path / "m.pt"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["onnx"]["max_abs_diff"] <= 1e-4
+    assert result["onnx"]["exporter"] == "dynamo" and result["onnx"]["passed_over"] == ""
     assert result["torchscript"]["max_abs_diff"] <= 1e-5
     assert out.stat().st_size > 0
 

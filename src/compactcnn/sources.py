@@ -3,13 +3,14 @@
 Each source also says what input the model expects, so that a command can trace it without
 the user repeating what the source already knows. Every model comes back in eval mode and
 known to accept that input, so that no command meets a failing forward pass deep inside
-its own work.
+its own work. A model to train (:func:`for_training`) comes from the zoo or an import path,
+checked the same way against the data it will see.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from compactcnn import models
 from compactcnn.errors import CompactCNNError
 from compactcnn.evalmode import eval_mode
 from compactcnn.files import modelfile
+
+if TYPE_CHECKING:
+    from compactcnn.data.splits import Splits
 
 
 def parse_input(text: str) -> tuple[int, int, int]:
@@ -45,16 +49,16 @@ def resolve(name: str, *, classes: int | None = None,
     """
     path = Path(name)
     if ":" in name and not path.exists():
-        model, shape = _imported(name, classes, input_shape)
-        return _accepting(model.to(device), shape, name, device), shape, name
+        shape = input_shape or (3, 224, 224)
+        model = modelfile.from_import(name, shape, classes)
+        return _accepting(model.to(device), shape, name, device, classes).eval(), shape, name
     # A folder is never a model file; one that happens to share a zoo name leaves the zoo
     # model reachable.
     if path.is_dir() and name not in models.names():
         raise CompactCNNError(f"{name} is a folder, not a model file")
     if path.is_file() or (path.suffix and not path.is_dir()):
         model = modelfile.load(name).to(device)
-        spec = modelfile.spec_of(model)
-        recorded = (spec["in_channels"], spec["input_size"], spec["input_size"])
+        recorded = modelfile.input_shape(modelfile.spec_of(model))
         shape = input_shape or recorded
         if shape != recorded:  # loading checked the recorded input size only
             _accepting(model, shape, path.name, device)
@@ -72,35 +76,52 @@ def resolve(name: str, *, classes: int | None = None,
     return model.eval(), (d["in_channels"], d["input_size"], d["input_size"]), name
 
 
-def _imported(path: str, classes: int | None, input_shape: tuple[int, int, int] | None
-              ) -> tuple[nn.Module, tuple[int, int, int]]:
-    module_name, _, attr = path.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-        model = factory(num_classes=classes) if classes is not None else factory()
-    except Exception as e:  # an import path runs the user's code: any failure is theirs
-        raise CompactCNNError(f"cannot build a model from '{path}': {_first_line(e)}") from None
-    if not isinstance(model, nn.Module):
-        raise CompactCNNError(f"'{path}' returned a {type(model).__name__}, not an nn.Module")
-    return model, input_shape or (3, 224, 224)
+def for_training(name: str, splits: Splits, declared_input: str | None = None) -> nn.Module:
+    """A fresh model, in training mode on the CPU, for the data of ``splits``.
+
+    ``name`` is a zoo name or an import path. The data decide the input shape and the number
+    of classes, so ``declared_input`` (``--input``) is optional; when given it must agree
+    with the data, so that a run never trains on images other than those its command names.
+    An import path's model must run at that shape and give one score per class: checked here,
+    with one forward pass, so that a mistake is one line before any training rather than a
+    traceback inside it.
+    """
+    shape, classes = splits.input_shape, splits.num_classes
+    if declared_input is not None and parse_input(declared_input) != shape:
+        raise CompactCNNError(f"--input {declared_input} does not match the data: "
+                              f"{splits.name} has {','.join(map(str, shape))} images")
+    if ":" not in name:
+        c, h, w = shape
+        if h != w:
+            raise CompactCNNError(f"{splits.name} has {h}x{w} images; zoo models take square "
+                                  "inputs (a model from an import path may take any)")
+        return models.create(name, num_classes=classes, in_channels=c, input_size=h,
+                             normalisation=(splits.mean, splits.std))
+    model = _accepting(modelfile.from_import(name, shape, classes), shape, name, "cpu", classes)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise CompactCNNError(f"{name} has no parameters to train")
+    return model.train()
 
 
-def _accepting(model: nn.Module, shape: tuple[int, int, int], name: str, device: str
-               ) -> nn.Module:
-    """``model`` in eval mode, after one forward pass at ``shape`` on ``device``.
+def _accepting(model: nn.Module, shape: tuple[int, int, int], name: str, device: str,
+               classes: int | None = None) -> nn.Module:
+    """``model`` after one forward pass at ``shape`` on ``device``, in the mode it was in. The
+    pass must give one tensor; with ``classes``, one score per class (a callable that takes
+    no ``num_classes`` gives what it gives).
 
     Any exception counts, not only torch's shape errors: the forward pass may be the user's
     code. Zeros on the meta device allocate nothing, whatever the shape.
     """
     try:
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros((1, *shape), device=device))
+            out = model(torch.zeros((1, *shape), device=device))
     except Exception as e:
         raise CompactCNNError(f"{name} does not accept input {list(shape)}: "
-                              f"{_first_line(e)}") from None
-    return model.eval()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+                              f"{modelfile.first_line(e)}") from None
+    if not isinstance(out, torch.Tensor):  # what compaction and export compare
+        raise CompactCNNError(f"{name} gives a {type(out).__name__} for one input "
+                              f"{list(shape)}; compactcnn needs one tensor of scores")
+    if classes is not None and tuple(out.shape) != (1, classes):
+        raise CompactCNNError(f"{name} gives {list(out.shape)} for one input {list(shape)}; "
+                              f"{classes} classes need [1, {classes}]")
+    return model

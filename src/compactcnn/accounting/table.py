@@ -24,6 +24,9 @@ class LayerRow:
     parameters of the norm layer that normalises it (``norm_per_neuron`` per neuron), so that
     removing a neuron removes everything it owns. Rows of kind ``other`` hold parameters
     that belong to no neuron of a convolution or linear layer (a norm after an add, say).
+    ``stored`` is set for a layer that stores fewer weights than its neurons hold (a filter
+    map, whose filters share them): the row keeps the shape of the dense layer it stands for,
+    and its parameters count the weights stored.
     """
 
     name: str
@@ -38,14 +41,15 @@ class LayerRow:
     out_hw: int
     other_params: int = 0
     depth: int = 1  # the third kernel side of a 3-D convolution (not a column of the table)
+    stored: int | None = None
 
     @property
     def params(self) -> int:
         if self.kind == "other":
             return self.other_params + self.output * self.norm_per_neuron
-        per_neuron = (self.width * self.height * self.depth * self.input + self.bias
-                      + self.norm_per_neuron)
-        return self.output * per_neuron
+        weights = (self.output * self.width * self.height * self.depth * self.input
+                   if self.stored is None else self.stored)
+        return weights + self.output * (self.bias + self.norm_per_neuron)
 
     @property
     def feature_map(self) -> int:

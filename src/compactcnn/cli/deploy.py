@@ -91,7 +91,8 @@ def _report(head: str, columns: tuple[str, str], rows: list[tuple[str, str, str]
 def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="RUN_OR_FILE",
                    help="a run folder, or a model file (which then needs --data)")
-    p.add_argument("--data", help="fashion-mnist, synthetic or folder:PATH (default: the run's)")
+    p.add_argument("--data", help="fashion-mnist, synthetic, synthetic-colour or folder:PATH "
+                   "(default: the run's)")
     p.add_argument("--data-dir", help="another copy of the Fashion-MNIST IDX files")
     p.add_argument("--limit", type=int, help="use only the first N training images "
                    "(default: the run's)")

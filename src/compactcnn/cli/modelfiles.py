@@ -1,4 +1,5 @@
-"""``compact`` and ``export``: turn a model file into a smaller one, or into a deployment file."""
+"""``compact`` and ``export``: turn a model file (or a model from an import path) into a
+smaller model file, or into a deployment file."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ def _compact(args: argparse.Namespace) -> int:
 
     out = fresh_output(args.out, args.force)
     model, shape, _ = model_from(args, args.checkpoint)
-    modelfile.spec_of(model)  # refuses a model that could not be saved, before the work
     small, report = compact(model, shape, strict=args.strict)
     modelfile.save(small, out)
     if args.json:
@@ -41,13 +41,14 @@ def _export(args: argparse.Namespace) -> int:
     result: dict = {"model": str(model_file)}
     for name, path in wanted.items():
         out = fresh_output(path, args.force)
-        result[name] = {"file": str(out), "max_abs_diff": EXPORTERS[name](model, shape, out)}
+        result[name] = {"file": str(out)} | EXPORTERS[name](model, shape, out)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         for name in wanted:
             r = result[name]
-            print(f"wrote {r['file']}: max |{name} - pytorch| = {r['max_abs_diff']:.3g}")
+            how = f" ({r['exporter']} exporter)" if "exporter" in r else ""
+            print(f"wrote {r['file']}{how}: max |{name} - pytorch| = {r['max_abs_diff']:.3g}")
     return 0
 
 
@@ -55,8 +56,8 @@ def add_commands(sub) -> None:
     from compactcnn.deploy import EXPORTERS
 
     c = sub.add_parser("compact", help="remove dead neurons from a model file")
-    c.add_argument("checkpoint", help="a model file with dead (all-zero) neurons "
-                   "(or package.module:callable)")
+    c.add_argument("checkpoint", help="a model file with dead (all-zero) neurons, or "
+                   "package.module:callable (the file it writes records that import path)")
     add_input_arguments(c)
     c.add_argument("--out", required=True, help="where to write the compact model")
     c.add_argument("--strict", action="store_true",

@@ -14,6 +14,7 @@ not enough:
 
 That is what a model with separate colour and grayscale paths (``gray_hist``) is meant to
 exploit. Images are in ``[0, 1]``; everything is drawn from one generator seeded by ``seed``.
+``--data synthetic-colour`` is this task at fixed sizes (``COLOUR_*``), like a real data set.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from compactcnn.data.common import _check_positive
 from compactcnn.errors import CompactCNNError
 
 SHAPES = ("square", "disc", "cross")
+# The fixed task behind --data synthetic-colour: 9 classes (3 hues x 3 shapes) at 32x32.
+COLOUR_TRAIN, COLOUR_TEST, COLOUR_CLASSES, COLOUR_SIZE, COLOUR_SEED = 5000, 1000, 9, 32, 0
 MAX_HUES = 6  # hues 60 degrees apart are still told apart easily under the colour noise
 
 # ITU-R BT.601 luma weights, the same that gray_hist's grayscale branch uses.

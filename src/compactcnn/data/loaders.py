@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -87,19 +87,42 @@ def make_loader(
     _check_positive("batch_size", batch_size)
     if workers < 0:
         raise CompactCNNError(f"workers must be >= 0, got {workers}")
+    return _loader(dataset, batch_size, shuffle, seed, augment, workers, keys_only=False)
+
+
+def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, augment: bool,
+            workers: int, keys_only: bool) -> DataLoader:
+    """The one place a loader's draws are set up; ``keys_only`` yields the keys, not samples.
+
+    A batch's keys are its indices, or its ``(index, dy, dx, flip)`` with ``augment``. Keys
+    come from the very DataLoader, sampler and generator that load the samples, so they are
+    the same draws whatever DataLoader does with its generator (it takes a worker base seed
+    from it before the sampler shuffles).
+    """
     generator = torch.Generator().manual_seed(seed)
-    if not augment:
-        return DataLoader(
-            dataset, batch_size, shuffle=shuffle, num_workers=workers, generator=generator
-        )
-    return DataLoader(
-        _WithAugmentParams(dataset),
-        batch_size,
-        sampler=_AugmentSampler(len(dataset), shuffle, generator),  # type: ignore[arg-type]
-        collate_fn=_augment_collate,
-        num_workers=workers,
-        generator=generator,
-    )
+    n = len(dataset)  # type: ignore[arg-type]
+    sampler = _AugmentSampler(n, shuffle, generator) if augment else None
+    collate = None  # DataLoader's default_collate
+    if keys_only:
+        dataset, collate = _Keys(n), list
+    elif augment:
+        dataset, collate = _WithAugmentParams(dataset), _augment_collate
+    return DataLoader(dataset, batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, collate_fn=collate,  # type: ignore[arg-type]
+                      num_workers=workers, generator=generator)
+
+
+class _Keys(Dataset):
+    """Yields its keys unchanged: a loader over it gives each batch's keys instead of samples."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: object) -> object:
+        return key
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -130,3 +153,49 @@ def epoch_loader(
         augment=augment,
         workers=workers,
     )
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, augment: bool = False
+                  ) -> list[list]:
+    """The keys of every batch :func:`epoch_loader` yields for a dataset of ``n`` samples.
+
+    Each batch is a list of indices, or of ``(index, dy, dx, flip)`` with ``augment``. Under
+    torchrun each process loads its share of these (see ``run/distributed.py``), so N
+    processes train on the very batches, augmentation included, that one process would.
+    """
+    _check_positive("batch_size", batch_size)
+    return list(_loader(_Keys(n), batch_size, True, _epoch_seed(seed, epoch), augment, 0,
+                        keys_only=True))
+
+
+def batch_loader(dataset: Dataset, batches: Sequence[Sequence], augment: bool = False,
+                 workers: int = 0) -> DataLoader:
+    """A loader that yields exactly ``batches`` (keys from :func:`epoch_batches`), in order.
+
+    An empty batch yields empty tensors shaped like the others: a torchrun process whose share
+    of a small last batch is nothing still has to take the step with the others.
+    """
+    if workers < 0:
+        raise CompactCNNError(f"workers must be >= 0, got {workers}")
+    data, collate = (_WithAugmentParams(dataset), _augment_collate) if augment else (
+        dataset, default_collate)
+    first = (0, 0, 0, False) if augment else 0
+    return DataLoader(data, batch_sampler=batches,  # type: ignore[arg-type]
+                      collate_fn=_EmptyAware(collate, collate([data[first]])),
+                      num_workers=workers,
+                      # No draw depends on it; it keeps DataLoader off the global RNG.
+                      generator=torch.Generator().manual_seed(0))
+
+
+class _EmptyAware:
+    """``collate``, except that no samples give empty tensors like ``template`` (a class, not a
+    closure, so that worker processes can receive it)."""
+
+    def __init__(self, collate: Callable[[Sequence], list[torch.Tensor]],
+                 template: Sequence[torch.Tensor]) -> None:
+        self.collate, self.template = collate, template
+
+    def __call__(self, samples: Sequence) -> list[torch.Tensor]:
+        if not samples:
+            return [t[:0] for t in self.template]
+        return self.collate(samples)

@@ -9,6 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from compactcnn.data.colour import (
+    COLOUR_CLASSES,
+    COLOUR_SEED,
+    COLOUR_SIZE,
+    COLOUR_TEST,
+    COLOUR_TRAIN,
+    synthetic_colour,
+)
 from compactcnn.data.common import _check_positive
 from compactcnn.data.folders import load_image_folder
 from compactcnn.data.idx import load_fashion_mnist
@@ -25,7 +33,7 @@ from compactcnn.errors import CompactCNNError
 FOLDER_TEST_FRACTION = 0.2
 
 
-_DATASET_FORMS = "'fashion-mnist', 'synthetic' or 'folder:PATH'"
+_DATASET_FORMS = "'fashion-mnist', 'synthetic', 'synthetic-colour' or 'folder:PATH'"
 
 
 @dataclass
@@ -130,6 +138,12 @@ def _source(spec: str, data_dir: Path | None, limit: int | None, test_limit: int
         train_x, train_y = x[:SYNTHETIC_TRAIN][:limit], y[:SYNTHETIC_TRAIN][:limit]
         test_x, test_y = x[SYNTHETIC_TRAIN:][:test_limit], y[SYNTHETIC_TRAIN:][:test_limit]
         return train_x, train_y, test_x, test_y, SYNTHETIC_CLASSES
+    elif spec == "synthetic-colour":
+        x, y = synthetic_colour(COLOUR_TRAIN + COLOUR_TEST, input_size or COLOUR_SIZE,
+                                COLOUR_CLASSES, COLOUR_SEED)
+        train_x, train_y = x[:COLOUR_TRAIN][:limit], y[:COLOUR_TRAIN][:limit]
+        test_x, test_y = x[COLOUR_TRAIN:][:test_limit], y[COLOUR_TRAIN:][:test_limit]
+        return train_x, train_y, test_x, test_y, COLOUR_CLASSES
     elif spec.startswith("folder:") and spec != "folder:":
         folder = Path(spec.removeprefix("folder:"))
         x, y, classes = load_image_folder(folder, size=input_size)

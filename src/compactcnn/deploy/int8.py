@@ -19,12 +19,16 @@ without VNNI, a LeNet-5 whose logits reach 240 had max |int8 - float| logit 53 a
 predictions agreeing with full-range weights, 9.4 and 99.8% with 7 bits. A quantised file does
 not know the CPU it will meet, so the default is the range that is safe on all of them; pass
 ``reduce_range=False`` for a target known to have VNNI (or for ARM).
+
+The float graph that is quantised is :func:`compactcnn.deploy.onnx.export_onnx`'s, verified
+against PyTorch like any ONNX export and so written by the torch.export-based exporter unless a
+model needs the TorchScript-based fallback. ORT's pre-processing and ``quantize_static`` take
+either exporter's graph (Conv, Gemm, pooling, Relu, Add); the exporter used is reported.
 """
 
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from compactcnn.deploy.onnx import INPUT, export_onnx
 from compactcnn.errors import CompactCNNError
 from compactcnn.evalmode import eval_mode
 from compactcnn.files.atomic import atomic_write
@@ -40,8 +45,6 @@ from compactcnn.files.atomic import atomic_write
 if TYPE_CHECKING:
     import onnxruntime
     import onnxruntime.quantization
-
-INPUT, OUTPUT = "input", "logits"
 
 
 def _onnxruntime() -> ModuleType:
@@ -54,16 +57,6 @@ def _onnxruntime() -> ModuleType:
         raise CompactCNNError("int8 quantisation needs the extra: "
                               "pip install 'compactcnn[onnx]'") from None
     return onnxruntime
-
-
-def _export_float(model: nn.Module, example: Tensor, path: Path) -> None:
-    # The TorchScript-based exporter warns that it is legacy; it needs no extra packages and
-    # handles every zoo model, so its deprecation notice is muted.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT],
-                          output_names=[OUTPUT], opset_version=17, dynamo=False,
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
 
 
 def _calibration_reader(images: np.ndarray, batch: int
@@ -97,13 +90,15 @@ def predict_int8(model: str | Path | onnxruntime.InferenceSession, x: Tensor) ->
 
 def quantize_int8(model: nn.Module, calibration: Tensor, input_shape: tuple[int, int, int],
                   path: str | Path, batch: int = 32, reduce_range: bool = True
-                  ) -> dict[str, float | int]:
+                  ) -> dict[str, float | int | str]:
     """Export ``model`` to ONNX, quantise it statically to int8, write it to ``path``.
 
     ``calibration`` is a batch of training images (N, *input_shape) that fixes the activation
     ranges; the same images measure the damage. Returns ``bytes`` (the int8 file), ``float_bytes``
-    (the float ONNX file it came from) and ``max_logit_diff`` (max |int8 - float| logit on the
-    calibration batch). The file is written only once everything has succeeded, and atomically.
+    (the float ONNX file it came from), ``float_exporter`` (which exporter wrote that file, see
+    :class:`compactcnn.deploy.onnx.OnnxExport`) and ``max_logit_diff`` (max |int8 - float|
+    logit on the calibration batch). The file is written only once everything has succeeded,
+    and atomically.
     ``reduce_range`` quantises weights to 7 bits (see the module docstring for when not to).
     """
     quantization = _onnxruntime().quantization
@@ -113,7 +108,7 @@ def quantize_int8(model: nn.Module, calibration: Tensor, input_shape: tuple[int,
     images = calibration.detach().cpu().float()
     with tempfile.TemporaryDirectory() as tmp, eval_mode(model):
         float_file, prepared, int8_file = (Path(tmp) / f for f in ("f.onnx", "p.onnx", "q.onnx"))
-        _export_float(model, images[:1], float_file)
+        exported = export_onnx(model, images[:batch], float_file)
         # ORT's documented pre-processing: shape inference (a tensor of unknown shape is left
         # unquantised) and graph optimisation (e.g. Conv+BN folding) before calibration.
         quantization.quant_pre_process(str(float_file), str(prepared))
@@ -128,5 +123,5 @@ def quantize_int8(model: nn.Module, calibration: Tensor, input_shape: tuple[int,
             want = model(images)
     got = predict_int8(int8_session(data), images)
     atomic_write(path, data)
-    return {"bytes": len(data), "float_bytes": float_bytes,
+    return {"bytes": len(data), "float_bytes": float_bytes, "float_exporter": exported.exporter,
             "max_logit_diff": float((got - want).abs().max())}

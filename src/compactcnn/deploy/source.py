@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from compactcnn.data.splits import Splits, load_dataset
@@ -47,7 +48,9 @@ def load_deployable(source: str | Path, data: str | None = None, data_dir: str |
     model_file = run_file(path, MODEL) if path.is_dir() else path
     model = modelfile.load(model_file).cpu().eval()
     spec = modelfile.spec_of(model)
-    shape = (spec["in_channels"], spec["input_size"], spec["input_size"])
+    shape = modelfile.input_shape(spec)
+    with torch.no_grad():  # an import path's spec may not record its classes: its outputs do
+        classes = model(torch.zeros(1, *shape)).shape[1]
     if data is None and not settings:
         raise CompactCNNError(f"{path} is a model file, not a run folder, so it names no data "
                               "to calibrate, fine-tune and test on: add --data fashion-mnist, "
@@ -60,11 +63,12 @@ def load_deployable(source: str | Path, data: str | None = None, data_dir: str |
                           limit=settings.get("limit") if limit is None else limit,
                           test_limit=settings.get("test_limit") if test_limit is None
                           else test_limit,
-                          seed=settings.get("seed", defaults.seed), input_size=shape[1])
-    if splits.input_shape != shape or splits.num_classes != spec["num_classes"]:
+                          seed=settings.get("seed", defaults.seed),
+                          input_size=shape[1] if shape[1] == shape[2] else None)
+    if splits.input_shape != shape or splits.num_classes != classes:
         raise CompactCNNError(
-            f"{model_file.name} takes {list(shape)} inputs in {spec['num_classes']} classes; "
+            f"{model_file.name} takes {list(shape)} inputs in {classes} classes; "
             f"{data} has {list(splits.input_shape)} in {splits.num_classes}")
-    return Deployable(model, shape, splits, spec["name"], model_file,
+    return Deployable(model, shape, splits, spec.get("name") or spec["import"], model_file,
                       settings.get("batch_size", defaults.batch_size),
                       settings.get("seed", defaults.seed))

@@ -27,13 +27,17 @@ feature map (a convolution whose kernel covers the whole map).
 Neuron sparsity. The natural neuron of this layer is one extracted filter (one output channel),
 as for ``nn.Conv2d``. But filters share map entries, so a group-lasso proximal step cannot zero
 one filter without zeroing parts of its neighbours, and the map has no per-filter parameter
-group to shrink (a prox on the map would shrink whole overlapping neighbourhoods of filters).
-These layers are therefore deliberately not registered as a layer kind
-(``compactcnn.layers.registry``): the neuron groups and compaction do not see them. The way to
-combine both ideas is sequential: train with filter maps, ``materialize()`` every map into a
-plain ``nn.Conv2d`` / ``nn.Linear`` (``materialized(model)`` does the whole model), then
-fine-tune with group sparsity and compact as usual. Fine-tuning the materialised layers ends the
-weight sharing, so the result is compact by pruning from a start that was compact by design.
+group to shrink (a prox on the map would shrink whole overlapping neighbourhoods of filters);
+nor can an input channel be cut out, since a filter's channels are a window of the map. So the
+layer is a kind of its own (``compactcnn.layers.registry``) that the neuron table counts, at its
+map's size, in the shape of the dense layer it stands for, and that neuron groups refuse with
+one line. Compaction materialises it first: ``materialize()`` turns every map into a plain
+``nn.Conv2d`` / ``nn.Linear`` (``materialized(model)`` does the whole model), which ends the
+weight sharing. A compacted filter-map model is therefore a plain network, and a zoo model
+records itself as the plain zoo model it became (``plain_name``), so that its model file loads
+without any filter-map code. To combine both ideas, train with filter maps, materialise, then
+train with group sparsity and compact as usual: compact by pruning, from a start that was
+compact by design.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compactcnn.errors import CompactCNNError
+from compactcnn.layers.registry import LayerKind, Widths, register
 
 MapShape = tuple[int, int, int]
 IntPair = int | tuple[int, int]
@@ -75,11 +80,14 @@ def _gather_index(in_channels: int, out_channels: int, kernel_size: int, map_sha
     bands = -(-out_channels // positions)
     if bands > c_m:
         raise CompactCNNError(f"{where}: holds at most {c_m * positions} distinct filters")
-    f = torch.arange(out_channels)
+    # On the CPU whatever the default device: the index is data, even for a model built on
+    # the meta device to trace shapes.
+    cpu = {"device": "cpu"}
+    f = torch.arange(out_channels, **cpu)
     band, pos = f // positions, f % positions
-    channel = ((band * c_m) // bands)[:, None] + torch.arange(in_channels)[None, :]
-    row = (pos // pos_w)[:, None] + torch.arange(k)[None, :]
-    col = (pos % pos_w)[:, None] + torch.arange(k)[None, :]
+    channel = ((band * c_m) // bands)[:, None] + torch.arange(in_channels, **cpu)[None, :]
+    row = (pos // pos_w)[:, None] + torch.arange(k, **cpu)[None, :]
+    col = (pos % pos_w)[:, None] + torch.arange(k, **cpu)[None, :]
     index = (((channel % c_m)[:, :, None, None] * h_m + row[:, None, :, None]) * w_m
              + col[:, None, None, :])
     unread = int((torch.bincount(index.flatten(), minlength=c_m * h_m * w_m) == 0).sum())
@@ -94,6 +102,16 @@ class FilterMap(nn.Module):
 
     ``out_channels`` filters of ``in_channels x k x k`` come out of one map; the subclasses
     say what the filters are applied to (a convolution, or a flattened feature map).
+
+    The map is learned in units of ``1 / sqrt(reads)``: the parameter ``map`` holds each entry
+    times the square root of the number of filter weights that read it, and ``values()`` (what
+    the filters are cut from) is ``map * scale``. The function is the same; what changes is
+    the step. An entry's gradient is the sum over the weights that read it, so with plain
+    values plain SGD moves an entry read ``r`` times about ``r`` times as far as a dense
+    layer's weight; learned this way it moves by the mean of its readers' gradients, as far as
+    a dense weight. Without it LeNet-5's ``fc3`` map at 5% of the parameters (about 23 reads
+    per entry) diverged at the learning rate that trains the dense network (0.05). Weight
+    decay is unaffected: it shrinks every entry by the same factor either way.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
@@ -102,13 +120,20 @@ class FilterMap(nn.Module):
         if map_shape is None:
             map_shape = self.map_shape_for(in_channels, out_channels, kernel_size, 0)
         map_shape = tuple(map_shape)
+        # What the layer was built with: a model file's map must have this shape (the gather
+        # index was built for it).
+        self.built_shape: MapShape = map_shape
         self.in_channels, self.out_channels, self.kernel_size = (in_channels, out_channels,
                                                                  kernel_size)
-        self.register_buffer("index", _gather_index(in_channels, out_channels, kernel_size,
-                                                    map_shape), persistent=False)
+        index = _gather_index(in_channels, out_channels, kernel_size, map_shape)
+        reads = torch.bincount(index.flatten(), minlength=math.prod(map_shape))
         # nn.Conv2d's default init bound, so a filter starts at the scale of a plain one.
         bound = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
-        self.map = nn.Parameter(torch.empty(map_shape).uniform_(-bound, bound))
+        values = torch.empty(map_shape).uniform_(-bound, bound)
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("scale", reads.reshape(map_shape).to(values).rsqrt(),
+                             persistent=False)
+        self.map = nn.Parameter(values / self.scale)
         self.bias = (nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias
                      else None)
 
@@ -156,9 +181,14 @@ class FilterMap(nn.Module):
     def map_shape(self) -> MapShape:
         return tuple(self.map.shape)
 
+    def values(self) -> Tensor:
+        """The map itself, ``[C_m, H_m, W_m]``: what the filters are cut from (see the class
+        doc for why the parameter is scaled)."""
+        return self.map * self.scale
+
     def filters(self) -> Tensor:
         """The extracted filters ``[out, in, k, k]``, differentiable with respect to the map."""
-        return self.map.flatten()[self.index]
+        return self.values().flatten()[self.index]
 
     def _copy_into(self, layer: Plain) -> Plain:
         with torch.no_grad():
@@ -226,15 +256,58 @@ class FilterMapLinear(FilterMap):
                 f"{self.out_channels}, map_shape={self.map_shape}, bias={self.bias is not None}")
 
 
+def materialize_(model: nn.Module) -> nn.Module:
+    """Replace every filter-map layer of ``model`` by its plain layer, in place; ``model``.
+
+    A zoo model (one with ``compactcnn_spec`` and the ``plain_name`` of the zoo model it stands
+    for) is then that plain model, with the same shape arguments and none of the filter-map
+    options, and records itself so.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FilterMap):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.materialize())
+    spec, plain = getattr(model, "compactcnn_spec", None), getattr(model, "plain_name", None)
+    if spec is not None and plain is not None:
+        model.compactcnn_spec = {"name": plain} | {
+            k: spec[k] for k in ("num_classes", "in_channels", "input_size")}
+    return model
+
+
 def materialized(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every filter-map layer replaced by its plain layer.
 
     The copy computes the same function and is an ordinary network for the sparsity and
     compaction tools; ``model`` itself is left untouched.
     """
-    model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, FilterMap):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, module.materialize())
-    return model
+    return materialize_(copy.deepcopy(model))
+
+
+def _row(m: nn.Module, out: Tensor, chw: tuple[int, int, int] | None) -> dict:
+    """The dense layer's shape, but the map's count: ``stored`` replaces the weights."""
+    k = m.kernel_size
+    conv = isinstance(m, FilterMapConv2d)
+    return dict(kind="fm-conv" if conv else "fm-linear", width=k, height=k,
+                input=m.in_channels, output=m.out_channels, groups=1,
+                out_hw=math.prod(out.shape[2:] if conv else out.shape[1:-1]),
+                stored=m.map.numel())
+
+
+def _no_widths(m: nn.Module) -> Widths:
+    """Nothing to record: the constructor's options rebuild the map, whose shape is checked."""
+    return {}
+
+
+def _not_narrowed(m: nn.Module, w: Widths) -> None:
+    raise ValueError("a filter-map layer cannot be narrowed; its filters are fixed by the map")
+
+
+def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {"map": m.built_shape, "bias": (m.out_channels,)}
+
+
+FILTER_MAP = register(LayerKind(
+    "filtermap", (FilterMapConv2d, FilterMapLinear), True, _no_widths, _not_narrowed, _shapes,
+    _row, ungroupable="is a filter-map layer: its filters share weights, so it has no neurons "
+    "to group or remove (train it with --reg none, or materialise it first: "
+    "compactcnn.layers.filtermap.materialized)"))

@@ -39,6 +39,9 @@ class LayerKind:
     # the bias change it makes: ``fold(module, columns [k, per], values [k, per])``.
     foldable: Callable[[nn.Module], bool] = lambda m: False
     fold: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
+    # Why torch-pruning's groups cannot hold this kind's neurons (its filters share weights,
+    # say): neuron groups, the cascade and the methods refuse it with "'NAME' <ungroupable>".
+    ungroupable: str | None = None
 
 
 _KINDS: list[LayerKind] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods.base import Context, Method
+from compactcnn.methods.by_design import FilterMapDesign, GrayHistDesign
 from compactcnn.methods.controls import Scratch, Uniform
 from compactcnn.methods.evolutionary import Evolutionary
 from compactcnn.methods.l1_filter import L1Filter
@@ -16,7 +17,7 @@ from compactcnn.methods.tp_pruner import TorchPruning
 OURS = ("group", "sparse-group", "low-rank", "group+low-rank")
 METHODS: dict[str, Method] = {m.name: m for m in (
     *(Proximal(name) for name in OURS), L1Filter(), Slimming(), TorchPruning(), Evolutionary(),
-    Scratch(), Uniform())}
+    Scratch(), Uniform(), FilterMapDesign(), GrayHistDesign())}
 
 
 def method(name: str) -> Method:

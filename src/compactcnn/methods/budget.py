@@ -6,6 +6,12 @@ removing ``d`` neurons of a group takes ``d`` times one neuron's share of every 
 and inputs (its own row, the coupled layers' rows, the next layers' input columns). The
 :class:`CostModel` measures that share once per group, through the neuron table's cascade,
 and then prices any dead pattern with a few array operations.
+
+Under a low-rank penalty a layer's size also depends on its rank: compaction factorises a
+layer of rank r into an r-output layer and a 1x1 (or Linear) layer wherever that is smaller
+(:mod:`compactcnn.surgery.factorise`). A ``ranked`` cost model reads each ungrouped layer's
+rank, with factorisation's own tolerance, whenever it reads the dead counts, and prices the
+layer at the smaller of its dense and its factorised size.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from compactcnn.accounting.trace import neuron_table
 from compactcnn.errors import CompactCNNError
 from compactcnn.inputs import Example
 from compactcnn.sparsity.neurons import NeuronGroup
+from compactcnn.surgery.factorise import RANK_TOL
 
 METRICS = ("params", "flops")
 
@@ -72,10 +79,15 @@ class CostModel:
     minimal even removal.
     """
 
-    def __init__(self, model: nn.Module, example: Example, groups: list[NeuronGroup]) -> None:
+    def __init__(self, model: nn.Module, example: Example, groups: list[NeuronGroup],
+                 ranked: bool = False) -> None:
         self.groups = groups
         self.table: NeuronTable = neuron_table(model, example)
         rows = self.table.layers
+        # Rank-priced layers: ungrouped convolutions and linears (grouped ones are priced dense).
+        self._ranked = [(i, model.get_submodule(r.name)) for i, r in enumerate(rows)
+                        if ranked and r.kind != "other" and r.groups == 1] if ranked else []
+        self.ranks = torch.full((len(rows),), math.inf, dtype=torch.float64)
         self._out = torch.tensor([r.output for r in rows], dtype=torch.float64)
         self._in = torch.tensor([r.input for r in rows], dtype=torch.float64)
         self._kernel = torch.tensor([r.width * r.height * r.depth if r.kind != "other" else 0
@@ -99,8 +111,11 @@ class CostModel:
         dead = dead.to(torch.float64)
         out = self._out - dead @ self._d_out
         inp = self._in - dead @ self._d_in
-        params = out * (inp * self._kernel + self._own)
-        flops = 2 * out * inp * self._kernel * self._hw
+        fan_in = inp * self._kernel
+        rank = torch.minimum(self.ranks, torch.minimum(out, fan_in))
+        weights = torch.minimum(out * fan_in, rank * (fan_in + out))  # dense, or the pair
+        params = weights + out * self._own
+        flops = 2 * weights * self._hw
         return {"params": float(params.sum()) + self._other, "flops": float(flops.sum())}
 
     def fractions(self, dead: Tensor) -> dict[str, float]:
@@ -112,7 +127,10 @@ class CostModel:
         return self.fractions(torch.zeros(len(self.groups)))
 
     def dead_counts(self) -> Tensor:
-        """Dead neurons per group, read from the parameters as they are now."""
+        """Dead neurons per group, read from the parameters as they are now (and, for a
+        ranked model, each layer's rank, which prices every later call)."""
+        for i, module in self._ranked:
+            self.ranks[i] = float(weight_rank(module.weight))
         return torch.tensor([int(g.dead().sum()) for g in self.groups], dtype=torch.float64)
 
     def per_neuron(self, metric: str) -> Tensor:
@@ -136,3 +154,9 @@ def _one_step(model: nn.Module, table: NeuronTable, group: NeuronGroup):
         except CompactCNNError:
             continue
     return 1, table.layers  # a one-neuron group: nothing can be removed
+
+
+def weight_rank(weight: Tensor) -> int:
+    """The rank factorisation reads: singular values above its tolerance times the largest."""
+    s = torch.linalg.svdvals(weight.detach().flatten(1).double().cpu())
+    return max(1, int((s > RANK_TOL * s.max()).sum())) if len(s) else 1

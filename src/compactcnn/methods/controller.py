@@ -7,15 +7,18 @@ every ``interval`` steps the live size is compared with a planned path that fall
 dense size to the budget along a cubic (fast at first, gentle near the end, like gradual
 pruning schedules), and lam's multiplier goes up when the network is behind the path and down
 when it is ahead. Neurons are not frozen while the controller runs: a neuron that the
-gradient wants back may revive, and the controller then simply asks for more.
+gradient wants back may revive, and the controller then simply asks for more. At the same
+interval it re-prices the layers (:mod:`~compactcnn.methods.balance`), since what one more dead
+neuron saves changes as its neighbours die.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from compactcnn.methods.balance import balance_weights
 from compactcnn.methods.budget import METRICS, Budget, CostModel
 
 
@@ -30,6 +33,11 @@ class LamController:
     gain: float = 1.15
     multiplier: float = 1.0
     bounds: tuple[float, float] = (1e-3, 1e5)
+    balance: str = "none"
+    weights: list[float] = field(default_factory=list)  # per group; ProximalOptimizer.weights
+
+    def __post_init__(self) -> None:
+        self.weights[:] = balance_weights(self.cost, self.budget, self.balance)
 
     def __call__(self, step: int) -> float:
         return self.multiplier
@@ -49,13 +57,16 @@ class LamController:
         factor = self.gain if behind else 1 / self.gain
         low, high = self.bounds
         self.multiplier = min(high, max(low, self.multiplier * factor))
+        self.weights[:] = balance_weights(self.cost, self.budget, self.balance)
         return now
 
     def state_dict(self) -> dict[str, Any]:
-        return {"multiplier": self.multiplier}
+        return {"multiplier": self.multiplier, "weights": list(self.weights)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         value = float(state["multiplier"])
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"lam multiplier {value} is not a positive number")
         self.multiplier = value
+        if "weights" in state:  # in place: the optimizer holds this very list
+            self.weights[:] = [float(w) for w in state["weights"]]

@@ -27,8 +27,10 @@ class Proximal(Method):
         if ctx.budget.met(ctx.cost.dense_fractions()):  # nothing to remove: no penalty at all
             ctx.optimizer.schedule = lambda step: 0.0
             return
-        controller = LamController(ctx.cost, ctx.budget, steps=round(REACH * ctx.prune_steps))
+        controller = LamController(ctx.cost, ctx.budget, steps=round(REACH * ctx.prune_steps),
+                                   balance=ctx.balance)
         ctx.optimizer.schedule = controller
+        ctx.optimizer.weights = controller.weights
         ctx.optimizer.register_step_post_hook(lambda opt, *_: controller.update(opt.steps))
         ctx.state["controller"] = controller
 

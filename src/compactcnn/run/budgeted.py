@@ -3,7 +3,9 @@
 ``attach`` readies the method when the session is built (or rebuilt to resume), so the sparse
 phase checkpoints and resumes like any run; ``select_and_compact`` ends that phase: the method
 chooses the dead neurons, they are zeroed and compacted away exactly, and (for the controls)
-the compact network is re-initialised before it trains for the remaining epochs.
+the compact network is re-initialised before it trains for the remaining epochs. A method that
+is compact by design (``methods/by_design.py``) builds its network in ``attach`` instead, and
+``select_and_compact`` hands that network on in place of a compaction.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from torch import nn
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods import Context, method
 from compactcnn.methods.budget import CostModel
+from compactcnn.methods.by_design import DESIGNED, ByDesign, design_report
 from compactcnn.methods.selection import kill
 from compactcnn.run.config import parse_widths
 from compactcnn.run.optimizers import batches_per_epoch
 from compactcnn.sparsity.groups import neuron_groups
+from compactcnn.sparsity.penalties import LOW_RANK
 from compactcnn.sparsity.proximal import ProximalOptimizer
 from compactcnn.surgery.compaction import compact
 from compactcnn.surgery.outcome import CompactionReport
@@ -38,24 +42,30 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, cfg, splits) -> C
     example = splits.train[:1][0].to(next(model.parameters()).device)
     groups = optimizer.groups if isinstance(optimizer, ProximalOptimizer) \
         else neuron_groups(model, example)
-    cost = CostModel(model, example, groups)
+    cost = CostModel(model, example, groups, ranked=cfg.reg in LOW_RANK)
     floor = cost.fractions(torch.tensor([g.size - 1 for g in groups], dtype=torch.float64))
-    if not cfg.budget.met(floor):
+    if not isinstance(m, ByDesign) and not cfg.budget.met(floor):
         raise CompactCNNError(f"the budget {cfg.budget} cannot be met by {cfg.model}: with one "
                               "neuron left in every layer it keeps "
                               + ", ".join(f"{k} {v:.1%}" for k, v in floor.items()))
     per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
     ctx = Context(model, optimizer, groups, cost, cfg.budget, prune_epochs(cfg) * per_epoch,
                   example, splits.val,
-                  parse_widths(cfg.widths) if cfg.widths else None)
+                  parse_widths(cfg.widths) if cfg.widths else None, cfg.balance)
     if ctx.prune_steps:
         m.prepare(ctx)
+    if isinstance(m, ByDesign):
+        ctx.tools[DESIGNED] = m.design(ctx, cfg.model, cfg.seed + 1, splits)
     return ctx
 
 
 def select_and_compact(ctx: Context, cfg) -> tuple[nn.Module, nn.Module, CompactionReport]:
     """(the sparse model with the method's dead neurons zeroed, its compaction, the report)."""
     m = method(cfg.method_name)
+    if DESIGNED in ctx.tools:
+        designed = ctx.tools[DESIGNED].eval()
+        return ctx.model.cpu().eval(), designed, design_report(ctx.model.cpu(), designed,
+                                                               ctx.example.cpu())
     dead = m.select(ctx)
     kill(ctx.groups, dead)
     sparse = ctx.model.cpu().eval()
@@ -69,6 +79,9 @@ def select_and_compact(ctx: Context, cfg) -> tuple[nn.Module, nn.Module, Compact
 
 
 def reached(ctx: Context, small: nn.Module) -> dict[str, float]:
-    """The budget's figures for the compact model, as fractions of the dense model's."""
-    after = CostModel(small, tuple(ctx.example.shape[1:]), []).dense
+    """The budget's figures for the compact model, as fractions of the dense model's.
+
+    Parameters as the neuron table counts them, so that a filter map counts its map."""
+    cost = CostModel(small, tuple(ctx.example.shape[1:]), [])
+    after = cost.dense | {"params": cost.table.total_params}
     return {k: after[k] / ctx.cost.dense[k] for k in after}

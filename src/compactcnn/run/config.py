@@ -12,7 +12,9 @@ from typing import Any
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods import METHODS, OURS
+from compactcnn.methods.balance import BALANCES
 from compactcnn.methods.budget import Budget
+from compactcnn.sources import parse_input
 from compactcnn.sparsity.penalties import PENALTIES
 
 OPTIMIZERS = ("sgd", "adam")
@@ -27,8 +29,10 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
 class TrainConfig:
     """Everything that decides a run's result; a resumed run must match it exactly."""
 
-    model: str = option("lenet5", "zoo name")
-    data: str = option("fashion-mnist", "fashion-mnist, folder:PATH or synthetic")
+    model: str = option("lenet5", "zoo name, or package.module:callable (given num_classes= "
+                        "if it takes it)")
+    data: str = option("fashion-mnist", "fashion-mnist, folder:PATH, synthetic or "
+                       "synthetic-colour")
     data_dir: str | None = option(None, "another copy of the Fashion-MNIST IDX files")
     reg: str = option("group", "the sparse constraint", tuple(PENALTIES))
     lam: float = option(3e-4, "penalty weight (with --target, where lam starts)")
@@ -56,8 +60,18 @@ class TrainConfig:
     prune_fraction: float = option(0.5, "with --target: the share of the epochs spent reaching "
                                    "it; the compact network trains for the rest")
     widths: str | None = option(None, "scratch: the live neurons of each layer, LAYER=N,...")
+    input: str | None = option(None, "input shape C,H,W: the data give it; if given, it must "
+                               "match them")
+    balance: str = option("none", "with --target: how lam is shared between layers: by what "
+                          "a neuron owns (none), or by what removing it saves (sqrt-cost, cost)",
+                          BALANCES)
+    compact_lr: str = option("continue", "with --target: the compact network's learning rate "
+                             "continues the run's schedule, or restarts it over the epochs left",
+                             ("continue", "restart"))
 
     def __post_init__(self) -> None:
+        if self.input is not None:
+            parse_input(self.input)
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in (*choices, None):

@@ -2,23 +2,36 @@
 
 Launch with torchrun (``torchrun --nproc-per-node 2 -m compactcnn.cli train ...``, or with
 ``--nnodes``/``--rdzv-endpoint`` across machines); its environment variables switch this on.
-Every rank computes the same proximal step on the same all-reduced gradients, so the
-neurons that die are the same on every rank without any extra communication. Rank 0 writes
-checkpoints and the report; the run folder must be on a filesystem that every node sees
-for ``--resume``.
+
+N processes take the steps one process takes (up to the order of float sums): each global
+batch is the batch ``compactcnn train`` would draw for that (seed, epoch), augmentation
+included; each process takes a share of it; each share's loss is weighted so that DDP's
+average of the processes' gradients is the gradient of the mean loss over the global batch,
+however unevenly the batch was shared; and BatchNorm normalises over the global batch
+(``sync_norm.py``). Every rank then computes the same proximal step on the same all-reduced
+gradients, so the neurons that die are the same on every rank without any extra
+communication. Rank 0 writes checkpoints and the report; the run folder must be on a
+filesystem that every node sees for ``--resume``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 
-from compactcnn.errors import CompactCNNError
+from compactcnn.data.loaders import batch_loader, epoch_batches
+from compactcnn.run.device import model_device
+from compactcnn.run.sync_norm import synced
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -64,17 +77,64 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def rank_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int,
-                world: World) -> DataLoader:
+def share(batches: Sequence[Sequence[K]], rank: int, size: int) -> list[list[K]]:
+    """Process ``rank``'s share of every batch: its every ``size``-th sample from ``rank`` on.
+
+    Every sample of every batch lands in exactly one share, with no padding and no repeats;
+    shares of one batch differ in size by at most one, and a batch smaller than ``size``
+    leaves some shares empty. Every process gets one share of every batch, so all of them
+    take the same number of steps, as DDP's all-reduces need.
+    """
+    return [list(batch[rank::size]) for batch in batches]
+
+
+def rank_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, world: World,
+                augment: bool = False, workers: int = 0) -> DataLoader:
     """This rank's share of the epoch: batch k of every rank together is the global batch k.
 
-    The global batch size stays ``batch_size``, so a run on N processes takes the same
-    steps on the same samples as the same run on one process.
+    The global batches are :func:`~compactcnn.data.loaders.epoch_loader`'s for (seed, epoch),
+    so a run on N processes trains on the samples, in the order and with the augmentation, of
+    the same run on one process. ``batch_size`` need not divide by the number of processes.
     """
-    if batch_size % world.size:
-        raise CompactCNNError(f"--batch-size {batch_size} must be a multiple of the "
-                              f"{world.size} processes")
-    sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank,
-                                 shuffle=True, seed=seed, drop_last=False)
-    sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=batch_size // world.size, sampler=sampler)
+    batches = epoch_batches(len(dataset), batch_size, seed, epoch, augment)  # type: ignore[arg-type]
+    return batch_loader(dataset, share(batches, world.rank, world.size), augment, workers)
+
+
+def share_loss(world: World) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss a rank back-propagates for its share of a global batch.
+
+    DDP averages the ranks' gradients, which is the gradient of the global batch's mean loss
+    only if every share is the same size. So each rank back-propagates its share's summed
+    loss times N / (global batch size): the average over the N ranks is then the global
+    mean's gradient for any shares, an empty one included (its loss is 0 but still takes
+    part in the all-reduces). The value returned is the share's own mean loss (0 when empty),
+    for the progress figures. One process takes plain ``F.cross_entropy``, so that a
+    one-process torchrun run is exactly the plain run.
+    """
+    if world.size == 1:
+        return F.cross_entropy
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        total = F.cross_entropy(out, y, reduction="sum")
+        global_size = torch.tensor(len(y), device=out.device)
+        dist.all_reduce(global_size)
+        weighted = total * (world.size / global_size.item())
+        mean = total.detach() / max(len(y), 1)
+        return weighted + (mean - weighted.detach())  # the value of one, the gradient of the other
+
+    return loss
+
+
+def wrap(model: nn.Module, world: World) -> nn.Module | None:
+    """What the training steps call under torchrun: DDP over the model (None outside torchrun).
+
+    With more than one process DDP wraps :func:`~compactcnn.run.sync_norm.synced`'s view of
+    the model, so BatchNorm normalises over the global batch while ``model`` keeps its plain
+    BatchNorm layers for checkpoints and the saved model. One process has nothing to share.
+    """
+    if not world.active:
+        return None
+    device = model_device(model)
+    return nn.parallel.DistributedDataParallel(
+        synced(model) if world.size > 1 else model,
+        device_ids=[device] if device.type == "cuda" else None)

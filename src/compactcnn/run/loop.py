@@ -29,7 +29,7 @@ from compactcnn.data.splits import Splits
 from compactcnn.errors import CompactCNNError
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.device import model_device
-from compactcnn.run.distributed import rank_loader
+from compactcnn.run.distributed import rank_loader, share_loss
 from compactcnn.run.optimizers import base_optimizer, batches_per_epoch, schedule
 from compactcnn.run.rundir import CHECKPOINT
 from compactcnn.run.session import Progress, Session, live_neurons, save_checkpoint
@@ -77,12 +77,14 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
               desc: str, status: Callable[[], str] = lambda: "",
               progress: Progress | None = None,
               stop: Callable[[], bool] = lambda: False,
-              show: bool = True) -> tuple[float, float]:
+              show: bool = True,
+              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+              ) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy) on the training batches.
 
     With a ``progress`` from an interrupted pass, its first ``progress.batches`` batches are
     skipped: the loader yields the same batches in the same order, so the pass continues
-    exactly where it stopped.
+    exactly where it stopped. Under torchrun ``loss_fn`` is ``distributed.share_loss``.
     """
     model.train()
     device = model_device(model)
@@ -96,7 +98,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad()
         out = model(x)
-        loss = F.cross_entropy(out, y)
+        loss = loss_fn(out, y)
         if not torch.isfinite(loss):
             raise CompactCNNError(f"{desc}: the loss became {loss.item()}; lower --lr or --lam, "
                                   "or add --lr-warmup-epochs 1 (the last good checkpoint is kept)")
@@ -137,7 +139,8 @@ def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
     with _StopOnSigint() if not world.active else nullcontext(_NEVER) as sigint:
         while session.epoch < (cfg.epochs if until is None else until):
             e = session.epoch
-            loader = (rank_loader(session.splits.train, cfg.batch_size, cfg.seed, e, world)
+            loader = (rank_loader(session.splits.train, cfg.batch_size, cfg.seed, e, world,
+                                  cfg.augment, session.workers)
                       if world.active else
                       epoch_loader(session.splits.train, cfg.batch_size, cfg.seed, e,
                                    cfg.augment, session.workers))
@@ -145,7 +148,7 @@ def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
                 loss, acc = run_epoch(session.net, session.optimizer, session.scheduler,
                                       loader, f"epoch {e + 1}/{cfg.epochs}", status,
                                       session.progress, lambda: sigint.requested,
-                                      show=world.is_main)
+                                      show=world.is_main, loss_fn=share_loss(world))
             except Interrupted:
                 save_checkpoint(session, run_dir / CHECKPOINT)
                 raise KeyboardInterrupt from None

@@ -26,10 +26,9 @@ from compactcnn.run.config import TrainConfig
 from compactcnn.run.loop import finetune, train, train_compact
 from compactcnn.run.rundir import CHECKPOINT, MODEL, SPARSE, prepare_run_dir
 from compactcnn.run.session import Session, build, resume
+from compactcnn.sparsity.penalties import LOW_RANK
 from compactcnn.surgery.compaction import compact
 from compactcnn.surgery.factorise import factorise
-
-LOW_RANK = ("low-rank", "group+low-rank")
 
 EXACTNESS = ("max |output(compact) - output(sparse)|: the sparse model (sparse.safetensors) "
              "against its compaction, before the compact model trained on")
@@ -79,7 +78,7 @@ def _finish(session: Session, out: Path, device: torch.device) -> dict[str, Any]
         widths = {g["name"]: g["neurons_after"] for g in outcome.as_dict()["layers"]}
         first = prune_epochs(cfg)
         for h in train_compact(small.to(device), splits, cfg, first,
-                               restart=first == 0):
+                               restart=first == 0 or cfg.compact_lr == "restart"):
             history.append(h | {"live": widths})
     ft_history = finetune(small.to(device), splits, cfg)
     small = small.cpu().eval()

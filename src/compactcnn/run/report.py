@@ -76,15 +76,26 @@ def summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_ABSENT = {"input": "-", "output": "-", "params": "-"}
+
+
+def _count(n: int | str) -> str:
+    return f"{n:,}" if isinstance(n, int) else n
+
+
 def markdown(r: dict[str, Any]) -> str:
     table = ["| layer | width | height | input | output before | output after "
              "| params before | params after |", "|---|---|---|---|---|---|---|---|"]
+    before = {row["name"]: row for row in r["dense"]["table"]["layers"]}
     after = {row["name"]: row for row in r["compact"]["table"]["layers"]}
-    for row in r["dense"]["table"]["layers"]:
-        a = after[row["name"]]
-        table.append(f"| {row['name']} | {row['width']} | {row['height']} | "
-                     f"{row['input']} → {a['input']} | {row['output']} | {a['output']} | "
-                     f"{row['params']:,} | {a['params']:,} |")
+    # A network built at the budget (methods/by_design.py) may have layers the dense one has
+    # not, and lack some of its: "-" on the side without the layer.
+    for name in [*before, *(n for n in after if n not in before)]:
+        b, a = before.get(name, _ABSENT), after.get(name, _ABSENT)
+        shape = b if name in before else a
+        table.append(f"| {name} | {shape['width']} | {shape['height']} | "
+                     f"{b['input']} → {a['input']} | {b['output']} | {a['output']} | "
+                     f"{_count(b['params'])} | {_count(a['params'])} |")
     return "\n".join([f"# compactcnn run: {r['model']} on {r['data']}", "", "```",
                       summary(r), "```", "", "## Neuron table, before and after", "",
                       *table, "", "![neurons](neurons.png)", "![live](live.png)",

@@ -9,16 +9,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from compactcnn import models
 from compactcnn.data.splits import Splits, load_dataset
 from compactcnn.errors import CompactCNNError
 from compactcnn.files import checkpoint as checkpoint_file
 from compactcnn.methods import Context
 from compactcnn.run.budgeted import attach
 from compactcnn.run.config import TrainConfig
-from compactcnn.run.device import model_device
-from compactcnn.run.distributed import SINGLE, World
+from compactcnn.run.distributed import SINGLE, World, wrap
 from compactcnn.run.optimizers import base_optimizer, batches_per_epoch, schedule
+from compactcnn.sources import for_training
 from compactcnn.sparsity.groups import neuron_groups
 from compactcnn.sparsity.penalties import make_penalty
 from compactcnn.sparsity.proximal import ProximalOptimizer
@@ -37,7 +36,7 @@ class Session:
     epoch: int = 0
     progress: Progress = field(default_factory=lambda: Progress())
     world: World = SINGLE
-    forward: nn.Module | None = None  # the DistributedDataParallel wrapper, when launched
+    forward: nn.Module | None = None  # the DistributedDataParallel wrapper (distributed.wrap)
     workers: int = 0  # loader processes; the batches do not depend on it
     ctx: Context | None = None  # the method's, for a run with a budget
 
@@ -54,11 +53,7 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
     splits = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
                           val_fraction=cfg.val_fraction, limit=cfg.limit,
                           test_limit=cfg.test_limit, seed=cfg.seed)
-    c, h, w = splits.input_shape
-    if h != w:
-        raise CompactCNNError(f"{cfg.data} has {h}x{w} images; the zoo takes square inputs")
-    model = models.create(cfg.model, num_classes=splits.num_classes, in_channels=c,
-                          input_size=h).to(device)
+    model = for_training(cfg.model, splits, cfg.input).to(device)
     per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
     base = base_optimizer(cfg, model)
     penalty = make_penalty(cfg.reg, cfg.lam, cfg.lam1, cfg.lam_rank)
@@ -69,15 +64,8 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
                                  min_neurons=cfg.min_neurons)
     ctx = attach(model, base, cfg, splits) if cfg.budget is not None else None
     scheduler = schedule(base, cfg.epochs * per_epoch, round(cfg.lr_warmup_epochs * per_epoch))
-    forward = None
-    if world.active:
-        if cfg.augment:
-            raise CompactCNNError("--augment is not supported with torchrun yet")
-        forward = nn.parallel.DistributedDataParallel(
-            model, device_ids=[model_device(model)] if model_device(model).type == "cuda"
-            else None)
-    return Session(cfg, splits, model, base, scheduler, [], world=world, forward=forward,
-                   ctx=ctx)
+    return Session(cfg, splits, model, base, scheduler, [], world=world,
+                   forward=wrap(model, world), ctx=ctx)
 
 
 def save_checkpoint(session: Session, path: Path) -> None:

@@ -173,6 +173,9 @@ PENALTIES: dict[str, Callable[[float, float, float], ProximalMap | None]] = {
     "group+low-rank": lambda lam, lam1, lam_rank: GroupLowRank(lam, lam_rank),
 }
 
+#: the penalties that drive singular values to zero: their layers are factorised after compaction
+LOW_RANK = ("low-rank", "group+low-rank")
+
 
 def make_penalty(name: str, lam: float, lam1: float = 0.0,
                  lam_rank: float = 0.0) -> ProximalMap | None:

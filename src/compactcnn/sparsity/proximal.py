@@ -38,7 +38,8 @@ class ProximalOptimizer(Optimizer):
     **Penalty weight.** lam is multiplied by a factor that ramps linearly from 0 at the
     first step to 1 after ``warmup_steps`` steps (so a fresh network is not pruned before it
     has learned which neurons matter), times ``schedule(step)`` when given. The penalty is
-    linear in lam, so the factor scales the step handed to the proximal map.
+    linear in lam, so the factor scales the step handed to the proximal map. ``weights``, when
+    set, multiplies it once more per group (one float per group, in order): a layer balance.
 
     **Dead neurons** are exactly 0.0 in every scalar of their group, in every coupled layer.
     After each proximal step their slices of the optimizer's momentum buffers (SGD's and
@@ -92,6 +93,7 @@ class ProximalOptimizer(Optimizer):
         self.warmup_steps = warmup_steps
         self.schedule = schedule
         self.min_neurons = min_neurons
+        self.weights: Sequence[float] | None = None
         self._steps = 0
         self._warned: set[str] = set()
         # Optimizer.__init__ would build param groups of its own; the wrapper must share the
@@ -143,8 +145,10 @@ class ProximalOptimizer(Optimizer):
         if factor > 0 and self.groups:
             hyper = {id(p): g for g in self.param_groups for p in g["params"]}
             with torch.no_grad():
-                for group in self.groups:
-                    self._prox(group, hyper[id(group.slices[0].param)], factor)
+                weights = self.weights or [1.0] * len(self.groups)
+                for group, weight in zip(self.groups, weights, strict=True):
+                    if weight > 0:
+                        self._prox(group, hyper[id(group.slices[0].param)], factor * weight)
         return loss
 
     def _prox(self, group: NeuronGroup, hyper: dict[str, Any], factor: float) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.evalmode import eval_mode
-from compactcnn.layers import holds_neurons, neuron_layer_types
+from compactcnn.layers import holds_neurons, kind_of, neuron_layer_types
 
 
 def classifier_of(model: nn.Module, example_input: Tensor) -> str:
@@ -40,6 +40,8 @@ def classifier_of(model: nn.Module, example_input: Tensor) -> str:
 
 def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     for name, m in model.named_modules():
+        if why := getattr(kind_of(m), "ungroupable", None):
+            raise CompactCNNError(f"'{name}' {why}")
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels > 1 \
                 and m.in_channels != m.out_channels:
             # torch-pruning types every convolution with groups == out_channels as depthwise

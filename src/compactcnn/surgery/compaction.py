@@ -9,6 +9,9 @@ All removals are then made and checked against the original outputs together, an
 the outputs moved are the culprits searched for and undone (what no local rule sees: a mean
 over channels in plain tensor code, a channel shuffle torch-pruning cannot follow). The report
 says why each kept dead neuron was kept, and how many forward passes it all cost.
+
+Filter-map layers (whose filters share weights) are materialised into plain layers first, after
+the "before" accounting: the report counts the maps as given, the result is a plain network.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from compactcnn.accounting.flops import flops
 from compactcnn.accounting.trace import neuron_table
 from compactcnn.inputs import Example, as_input, example_input, shape_of
+from compactcnn.layers.filtermap import materialize_
 from compactcnn.sparsity.tp_adapter import dependency_graph, removes_inputs, tp_groups
 from compactcnn.surgery.outcome import KEPT_OUTPUT, KEPT_TIED, CompactionReport
 from compactcnn.surgery.plan import Planner
@@ -49,6 +53,7 @@ def compact(model: nn.Module, example: Example, *, strict: bool = False,
         reference = work(probe)
     tol = tol * max(1.0, reference.abs().max().item())
     before, flops_before = neuron_table(work, shape), flops(work, shape)
+    materialize_(work)
 
     graph = dependency_graph(work, probe[:1])
     groups = list(tp_groups(work, probe[:1], graph))

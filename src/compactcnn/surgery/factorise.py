@@ -102,8 +102,11 @@ class _Plan:
     pair: Factorised | None
 
 
+RANK_TOL = 1e-6  # singular values at or below this times the largest do not count
+
+
 def factorise(model: nn.Module, example: Example, *, tol: float = 1e-5,
-              rank_tol: float = 1e-6) -> tuple[nn.Module, FactorisationReport]:
+              rank_tol: float = RANK_TOL) -> tuple[nn.Module, FactorisationReport]:
     """A new model whose low-rank layers are factorised pairs, and a report of each layer.
 
     ``model`` is left untouched. The result computes the same outputs in eval mode (within
