@@ -94,8 +94,10 @@ def test_zoo_model_compacts_exactly(name, tmp_path):
     io.save(small, path)
     loaded = io.load(path)
     x = torch.randn(3, *shape)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), small(x))
+    saved, kept = small.state_dict(), loaded.state_dict()
+    assert saved.keys() == kept.keys() and all(torch.equal(saved[k], kept[k]) for k in saved)
+    with torch.no_grad():  # equal tensors; a sliced (strided) weight may round differently
+        assert torch.allclose(loaded(x), small(x), rtol=1e-6, atol=1e-6)
     assert widths(loaded) == widths(small)
 
 
