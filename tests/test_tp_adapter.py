@@ -94,3 +94,24 @@ def test_group_norm_pruner_still_takes_the_arguments_the_baseline_passes(name):
     importance = pruner_importance(pruner, model)
     sizes = {g.name: g.size for g in neuron_groups(model, (1, 28, 28))}
     assert {k: len(v) for k, v in importance.items()} == sizes
+
+
+def test_a_graph_torch_pruning_cannot_trace_is_one_clear_error(monkeypatch, capsys):
+    """torch-pruning 1.6 raises TypeError while mapping Swin's patch-merging concatenation
+    (a sweep of torchvision's zoo found it); that must reach users as one line, not a crash."""
+    from compactcnn.cli import main
+    from compactcnn.errors import CompactCNNError
+    from compactcnn.surgery import compact
+
+    def gives_up(graph):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(tp.dependency.index_mapping, "update_index_mapping", gives_up)
+    model = models.create("lenet5")
+    for call in (lambda: neuron_groups(model, (1, 28, 28)), lambda: compact(model, (1, 28, 28))):
+        with pytest.raises(CompactCNNError, match=r"^torch-pruning [\d.]+ cannot trace this "
+                                                  r"model's channel dependencies \(TypeError"):
+            call()
+    assert main(["groups", "lenet5"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "cannot trace" in err and "Traceback" not in err

@@ -51,7 +51,16 @@ def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGr
                 "torch-pruning takes it for a depthwise convolution and cannot trace its "
                 "neurons; use groups < out_channels or a depthwise convolution")
     with eval_mode(model):
-        return _Graph().build_dependency(model, example_inputs=example_input)
+        try:
+            return _Graph().build_dependency(model, example_inputs=example_input)
+        except (TypeError, IndexError, KeyError, ValueError, AttributeError) as e:
+            # torch-pruning's tracer gives up on some graphs (Swin's patch merging: a
+            # concatenation of channel-last slices whose widths it cannot read): the model
+            # has no neuron groups we can trust, which is said in one line, not a traceback.
+            raise CompactCNNError(
+                f"torch-pruning {tp.__version__} cannot trace this model's channel "
+                f"dependencies ({type(e).__name__}: {e}), so its neurons cannot be grouped "
+                "or removed") from e
 
 
 class _Graph(tp.DependencyGraph):
