@@ -86,7 +86,7 @@ class CostModel:
         rows = self.table.layers
         # Rank-priced layers: ungrouped convolutions and linears (grouped ones are priced dense).
         self._ranked = [(i, model.get_submodule(r.name)) for i, r in enumerate(rows)
-                        if ranked and r.kind != "other" and r.groups == 1] if ranked else []
+                        if ranked and r.kind != "other" and r.groups == 1]
         self.ranks = torch.full((len(rows),), math.inf, dtype=torch.float64)
         self._out = torch.tensor([r.output for r in rows], dtype=torch.float64)
         self._in = torch.tensor([r.input for r in rows], dtype=torch.float64)
