@@ -17,18 +17,9 @@ from compactcnn.cli import build_parser, main
 from compactcnn.files import checkpoint
 from compactcnn.files import modelfile as io
 from compactcnn.run.rundir import CHECKPOINT
+from tests.cli_helpers import one_line_error
 
 FIXTURES = "tests.fixtures_models"
-
-
-def one_line_error(capsys, *argv: str) -> str:
-    """The error line of ``argv``, after checking that it is the only output."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (argv, out, err)
-    assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("compactcnn: error: "), err
-    return err
 
 
 def with_format(source: Path, target: Path, fmt: str) -> Path:

@@ -18,6 +18,7 @@ from compactcnn.deploy.binaryfile import load_binary  # noqa: E402
 from compactcnn.run.config import TrainConfig  # noqa: E402
 from compactcnn.run.pipeline import run  # noqa: E402
 from compactcnn.run.rundir import MODEL  # noqa: E402
+from tests.cli_helpers import one_line_error
 
 TEST_IMAGES = 128
 
@@ -35,13 +36,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_json(capsys: pytest.CaptureFixture, *argv: str) -> dict:
     assert main([*argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-def one_line_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1 and err.startswith("compactcnn: error: "), err
-    return err
 
 
 def test_int8_agrees_with_float_in_a_smaller_file(run_dir: Path, tmp_path: Path,

@@ -15,6 +15,7 @@ from compactcnn.methods import METHODS
 from compactcnn.run.compare import compare
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.pipeline import run
+from tests.cli_helpers import interrupt_second_epoch
 
 SMALL = dict(data="synthetic", limit=256, test_limit=128, epochs=2, batch_size=64,
              lr_warmup_epochs=0.5)
@@ -105,22 +106,12 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart"}])
 def test_a_resumed_budget_run_equals_an_uninterrupted_one(options, tmp_path, monkeypatch):
-    from compactcnn.run import loop
-
     cfg = _cfg("group", model="lenet5", epochs=4, prune_fraction=0.75, **options)
     whole = run(cfg, tmp_path / "whole")
-    real, calls = loop.run_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_epoch", interrupted)
+    restore = interrupt_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "parts")
-    monkeypatch.setattr(loop, "run_epoch", real)
+    restore()
     resumed = run(cfg, tmp_path / "parts", resuming=True)
     a = modelfile.load(tmp_path / "whole" / "model.safetensors").state_dict()
     b = modelfile.load(tmp_path / "parts" / "model.safetensors").state_dict()

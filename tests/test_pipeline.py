@@ -15,7 +15,7 @@ from compactcnn.accounting.accuracy import evaluate
 from compactcnn.cli import main
 from compactcnn.data import FASHION_MNIST_DIR, load_dataset
 from compactcnn.files import modelfile as io
-from compactcnn.run import loop as training
+from tests.cli_helpers import interrupt_second_epoch
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                 reason="Debian's dataset-fashion-mnist is not installed")
@@ -84,20 +84,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, monkeypatch, capsy
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     args = ("--epochs", "2", "--lam", "2e-3")
     assert train(whole, *args) == 0
-
-    real = training.run_epoch
-    calls = []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(training, "run_epoch", interrupted)
+    restore = interrupt_second_epoch(monkeypatch)
     assert train(parts, *args) == 130
     assert "--resume" in capsys.readouterr().err
-    monkeypatch.setattr(training, "run_epoch", real)
+    restore()
     assert train(parts, *args, "--resume") == 0
     a, b = load_file(whole / "sparse.safetensors"), load_file(parts / "sparse.safetensors")
     assert a.keys() == b.keys()

@@ -18,8 +18,8 @@ from compactcnn.cli import main
 from compactcnn.data import load_dataset
 from compactcnn.errors import CompactCNNError
 from compactcnn.files import modelfile as io
-from compactcnn.run import loop as training
 from compactcnn.sources import for_training
+from tests.cli_helpers import interrupt_second_epoch, one_line_error
 
 USER = "tests.user_models"
 SMALL = f"{USER}:small_cnn"
@@ -30,16 +30,6 @@ SLICE = ["--data", "synthetic", "--limit", "256", "--test-limit", "64", "--batch
 
 def train(out: Path, *extra: str, model: str = SMALL) -> int:
     return main(["train", "--model", model, *SLICE, "--out", str(out), *extra])
-
-
-def one_line_error(capsys, *argv: str) -> str:
-    """The error line of ``argv``, after checking that it is the only output."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (argv, out, err)
-    assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("compactcnn: error: "), err
-    return err
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -108,18 +98,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, capsys):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     args = ("--epochs", "2", "--lam", "2e-2")
     assert train(whole, *args) == 0
-    real, calls = training.run_epoch, []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(training, "run_epoch", interrupted)
+    restore = interrupt_second_epoch(monkeypatch)
     assert train(parts, *args) == 130
     assert "--resume" in capsys.readouterr().err
-    monkeypatch.setattr(training, "run_epoch", real)
+    restore()
     assert train(parts, *args, "--resume") == 0
     a, b = load_file(whole / "sparse.safetensors"), load_file(parts / "sparse.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
