@@ -27,7 +27,7 @@ data:
 # Trains lenet5 on Fashion-MNIST with group sparsity, compacts it, and prints the report
 # (a few minutes on 2 cores). Each demo gets a fresh run folder, so nothing is overwritten.
 demo: setup data
-	$(VENV)/bin/compactcnn train --model lenet5 --data fashion-mnist --reg group --lam 3e-3 \
+	$(VENV)/bin/compactcnn train --model lenet5 --data fashion-mnist --reg group --lam 3e-4 \
 	  --lr-warmup-epochs 1 --epochs 4 --finetune-epochs 1 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup data

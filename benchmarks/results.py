@@ -3,7 +3,7 @@
 Each row is one ``compactcnn train`` command (printed in the table), so any row can be
 reproduced on its own. Finished runs are reused, so an interrupted sweep can be re-run.
 
-    python benchmarks/results.py --model lenet5 --epochs 12 --lams 0 1e-3 2e-3 4e-3
+    python benchmarks/results.py --model lenet5 --epochs 12 --lams 0 1e-4 2e-4 4e-4
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--model", default="lenet5")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--lams", type=float, nargs="+", default=[0, 1e-3, 2e-3, 4e-3])
+    p.add_argument("--lams", type=float, nargs="+", default=[0, 1e-4, 2e-4, 4e-4])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, help="SGD learning rate (default: the CLI's, 0.05)")
     p.add_argument("--lr-warmup-epochs", type=float, default=0.0)

@@ -100,7 +100,8 @@ def test_in_place_group_lasso_equals_the_pure_map(name, full, seed):
     twin_groups = regroup(groups, twin)
     # lam so that one step's threshold is a third of the median norm of the widest group
     widest = max(groups, key=lambda g: g.size)
-    lam = float(widest.norms().median()) / 3 / math.sqrt(widest.matrix().shape[1]) / 0.1
+    length = 0.1 / (1 - 0.9)  # SGD's step per unit of a persistent gradient
+    lam = float(widest.norms().median()) / 3 / math.sqrt(widest.matrix().shape[1]) / length
     fast = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                              groups, GroupLasso(lam))
     slow = ProximalOptimizer(torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9),
@@ -142,7 +143,8 @@ def train(model, opt, images, labels, steps: int, batch: int = 64) -> list[float
 
 
 @pytest.mark.parametrize("make_base,lam,reset,kept", [
-    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 0.02, ["momentum_buffer"], []),
+    # SGD's step length is lr / (1 - momentum) = 0.5 here
+    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 0.002, ["momentum_buffer"], []),
     # Adam's step length is lr / sqrt(v_hat) per neuron, some hundred times lr here
     (lambda p: torch.optim.Adam(p, lr=2e-3), 1e-3, ["exp_avg"], ["exp_avg_sq"]),
 ])
@@ -176,7 +178,7 @@ def test_other_penalties_train_through_the_matrix_round_trip(fashion):
     images, labels = fashion
     model, groups = model_and_groups("lenet5")
     opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), groups,
-                            SparseGroupLasso(0.01, 0.005))
+                            SparseGroupLasso(0.001, 0.0005))
     losses = train(model, opt, images, labels, steps=20)
     assert sum(losses[-5:]) < sum(losses[:5]) - 1
     assert (model.fc3.weight == 0).float().mean() > 0.2  # sparse within live neurons
@@ -184,7 +186,7 @@ def test_other_penalties_train_through_the_matrix_round_trip(fashion):
     model, groups = model_and_groups("lenet5")
     convs = groups[:2]  # an SVD of fc3's 500 x 801 matrix every step would dominate the test
     opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), convs,
-                            LowRank(0.5))
+                            LowRank(0.05))
     losses = train(model, opt, images, labels, steps=20)
     assert sum(losses[-5:]) < sum(losses[:5]) - 1
     assert torch.linalg.matrix_rank(convs[0].matrix()) < convs[0].size
@@ -206,7 +208,7 @@ def test_resnet20_group_across_a_residual_add_dies_in_every_layer():
     norms = coupled.norms()
     t = float(norms[victim]) * 1.01
     assert float(norms.sort().values[1]) > 2 * t  # every other neuron survives
-    lam = t / 0.1 / math.sqrt(coupled.matrix().shape[1])
+    lam = t / (0.1 / (1 - 0.9)) / math.sqrt(coupled.matrix().shape[1])  # lr / (1 - momentum)
     opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                             [coupled], GroupLasso(lam))
     opt.step()
@@ -230,10 +232,10 @@ def test_a_dead_neuron_revives_only_when_the_gradient_beats_the_penalty(grad_nor
     with torch.no_grad():
         fc1.weight[0] = 0
         fc1.bias[0] = 0
-    lr, lam = 0.1, 1.0
+    lr, lam = 0.1, 0.1
     opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9), [group],
                             GroupLasso(lam))
-    threshold = lr * lam * math.sqrt(7)
+    threshold = lr / (1 - 0.9) * lam * math.sqrt(7)  # the persistent step: lr / (1 - momentum)
     direction = torch.randn(7)
     direction *= grad_norm / direction.norm()
     for p in model.parameters():

@@ -56,7 +56,7 @@ def resolve(name: str, *, classes: int | None = None,
     # model reachable.
     if path.is_dir() and name not in models.names():
         raise CompactCNNError(f"{name} is a folder, not a model file")
-    if path.is_file() or (path.suffix and not path.is_dir()):
+    if modelfile.looks_like_file(name):
         model = modelfile.load(name).to(device)
         recorded = modelfile.input_shape(modelfile.spec_of(model))
         shape = input_shape or recorded
@@ -79,17 +79,20 @@ def resolve(name: str, *, classes: int | None = None,
 def for_training(name: str, splits: Splits, declared_input: str | None = None) -> nn.Module:
     """A fresh model, in training mode on the CPU, for the data of ``splits``.
 
-    ``name`` is a zoo name or an import path. The data decide the input shape and the number
-    of classes, so ``declared_input`` (``--input``) is optional; when given it must agree
-    with the data, so that a run never trains on images other than those its command names.
-    An import path's model must run at that shape and give one score per class: checked here,
-    with one forward pass, so that a mistake is one line before any training rather than a
-    traceback inside it.
+    ``name`` is a zoo name, an import path, or a model file, whose weights the run then starts
+    from (to prune a trained or a materialised filter-map network). The data decide the input
+    shape and the number of classes, so ``declared_input`` (``--input``) is optional; when
+    given it must agree with the data, so that a run never trains on images other than those
+    its command names. An import path's or a file's model must run at that shape and give one
+    score per class: checked here, with one forward pass, so that a mistake is one line before
+    any training rather than a traceback inside it.
     """
     shape, classes = splits.input_shape, splits.num_classes
     if declared_input is not None and parse_input(declared_input) != shape:
         raise CompactCNNError(f"--input {declared_input} does not match the data: "
                               f"{splits.name} has {','.join(map(str, shape))} images")
+    if modelfile.looks_like_file(name):
+        return _trained_file(name, shape, classes)
     if ":" not in name:
         c, h, w = shape
         if h != w:
@@ -98,6 +101,19 @@ def for_training(name: str, splits: Splits, declared_input: str | None = None) -
         return models.create(name, num_classes=classes, in_channels=c, input_size=h,
                              normalisation=(splits.mean, splits.std))
     model = _accepting(modelfile.from_import(name, shape, classes), shape, name, "cpu", classes)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise CompactCNNError(f"{name} has no parameters to train")
+    return model.train()
+
+
+def _trained_file(name: str, shape: tuple[int, int, int], classes: int) -> nn.Module:
+    """The model of a model file, checked against the data like an import path's."""
+    model = modelfile.load(name)
+    recorded = modelfile.input_shape(modelfile.spec_of(model))
+    if recorded != shape:
+        raise CompactCNNError(f"{name} was made for {','.join(map(str, recorded))} images; the "
+                              f"data have {','.join(map(str, shape))}")
+    model = _accepting(model, shape, Path(name).name, "cpu", classes)
     if not any(p.requires_grad for p in model.parameters()):
         raise CompactCNNError(f"{name} has no parameters to train")
     return model.train()

@@ -130,6 +130,14 @@ def save(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
     atomic_write(path, encode(model, extra))
 
 
+def looks_like_file(name: str) -> bool:
+    """Whether a model named on the command line is meant as a model file: an existing file,
+    or a name with a suffix that is neither a folder nor an import path (``pkg.mod:fn``), so
+    that a missing file gets "no such file" rather than "unknown model"."""
+    path = Path(name)
+    return path.is_file() or (":" not in name and bool(path.suffix) and not path.is_dir())
+
+
 def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The metadata and tensors of a model file, refusing anything else with a clear error."""
     meta, tensors = read_safetensors(path, FORMAT, "model file")

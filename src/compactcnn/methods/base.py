@@ -35,6 +35,7 @@ class Context:
     val: Any  # the validation set (a TensorDataset), for methods that search
     widths: dict[str, int] | None = None  # live neurons per group, for `scratch`
     balance: str = "none"  # how lam is shared between layers (methods/balance.py)
+    lr_warmup_steps: int = 0  # steps over which the learning rate ramps up
     # Objects with state_dict/load_state_dict that a checkpoint keeps (a lam controller).
     state: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, Any] = field(default_factory=dict)  # rebuilt with the session, not saved

@@ -27,7 +27,9 @@ class Proximal(Method):
         if ctx.budget.met(ctx.cost.dense_fractions()):  # nothing to remove: no penalty at all
             ctx.optimizer.schedule = lambda step: 0.0
             return
-        controller = LamController(ctx.cost, ctx.budget, steps=round(REACH * ctx.prune_steps),
+        steps = round(REACH * ctx.prune_steps)
+        controller = LamController(ctx.cost, ctx.budget, steps=steps,
+                                   start=min(ctx.lr_warmup_steps, steps // 2),
                                    balance=ctx.balance)
         ctx.optimizer.schedule = controller
         ctx.optimizer.weights = controller.weights

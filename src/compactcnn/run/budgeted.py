@@ -51,7 +51,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, cfg, splits) -> C
     per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
     ctx = Context(model, optimizer, groups, cost, cfg.budget, prune_epochs(cfg) * per_epoch,
                   example, splits.val,
-                  parse_widths(cfg.widths) if cfg.widths else None, cfg.balance)
+                  parse_widths(cfg.widths) if cfg.widths else None, cfg.balance,
+                  round(cfg.lr_warmup_epochs * per_epoch))
     if ctx.prune_steps:
         m.prepare(ctx)
     if isinstance(m, ByDesign):

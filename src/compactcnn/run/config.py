@@ -29,13 +29,13 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
 class TrainConfig:
     """Everything that decides a run's result; a resumed run must match it exactly."""
 
-    model: str = option("lenet5", "zoo name, or package.module:callable (given num_classes= "
-                        "if it takes it)")
+    model: str = option("lenet5", "zoo name, package.module:callable (given num_classes= "
+                        "if it takes it), or a model file whose weights the run starts from")
     data: str = option("fashion-mnist", "fashion-mnist, folder:PATH, synthetic or "
                        "synthetic-colour")
     data_dir: str | None = option(None, "another copy of the Fashion-MNIST IDX files")
     reg: str = option("group", "the sparse constraint", tuple(PENALTIES))
-    lam: float = option(3e-4, "penalty weight (with --target, where lam starts)")
+    lam: float = option(3e-5, "penalty weight (with --target, where lam starts)")
     lam1: float = option(0.0, "l1 weight of sparse-group")
     lam_rank: float = option(0.0, "nuclear-norm weight of group+low-rank")
     epochs: int = option(12, "epochs of (sparse) training")

@@ -19,12 +19,14 @@ have ``v = 0`` and a step length of ``lr / eps``, which would swamp any average 
 Penalties other than group lasso take one step per group (a nuclear norm has no per-neuron
 step), from the running averages' mean over the whole group.
 
-**Momentum stays out**, for every optimizer: FOBOS with heavy-ball momentum shrinks by ``lr``,
-as this wrapper always has for SGD, so SGD (with or without momentum) keeps exactly ``lr``.
-Adam's first moment is a normalised average, not heavy-ball, so its step per unit of a
-persistent gradient is ``lr / (sqrt(v_hat) + eps)`` too. Heavy-ball momentum ``mu`` makes that
-persistent step ``1 / (1 - mu)`` times longer than the shrink, so under SGD or RMSprop with
-momentum a given lam acts as ``(1 - mu) * lam`` does without it.
+**Heavy-ball momentum counts.** SGD's and RMSprop's momentum ``mu`` (with SGD's dampening
+``d``) move a weight ``(1 - d) / (1 - mu)`` times as far per step, under a persistent gradient,
+as the step without it, so that factor multiplies their length: SGD at lr 0.05 and momentum 0.9
+shrinks by 0.5 per unit of lam. A neuron then stays live when its gradient norm beats
+``lam * c`` under SGD exactly as under Adam, whose first moment is a normalised average (no
+such factor). Revival is symmetric too: a dead neuron's momentum is zeroed, so its first step
+back is the bare ``lr * g`` against a threshold ``1 / (1 - mu)`` times longer, as Adam's first
+step back is ``(1 - beta1) * g / sqrt(v_hat)``.
 
 **Refused optimizers** are those whose step has no per-unit-gradient length to read: LBFGS
 (a closure-driven line search), SparseAdam (sparse gradients only), Rprop (the sign of the
@@ -58,11 +60,14 @@ class StepRule:
     where the optimizer corrects them); ``length(hyper, state, means)`` the step length from
     their means. A rule without averages (SGD) has a plain float step length, ``hyper["lr"]``.
     ``momentum`` names the state buffers that carry momentum: zeroed when a neuron dies.
+    ``heavy_ball`` says the optimizer adds ``hyper["momentum"]`` times its last step to each
+    step, which lengthens the step under a persistent gradient (see the module's docstring).
     """
 
     momentum: tuple[str, ...]
     averages: Callable[[State, Hyper], list[Tensor]] | None = None
     length: Callable[[Hyper, State, list[Tensor]], Tensor] | None = None
+    heavy_ball: bool = False  # hyper["momentum"] multiplies the length by 1 / (1 - momentum)
 
 
 def _adam_averages(state: State, hyper: Hyper) -> list[Tensor]:
@@ -96,13 +101,14 @@ def _step(state: State) -> float:
 
 
 RULES: dict[type[Optimizer], StepRule] = {
-    torch.optim.SGD: StepRule(("momentum_buffer",)),
+    torch.optim.SGD: StepRule(("momentum_buffer",), heavy_ball=True),
     torch.optim.Adam: StepRule(("exp_avg",), _adam_averages, _adam_length),
     torch.optim.AdamW: StepRule(("exp_avg",), _adam_averages, _adam_length),
     torch.optim.Adamax: StepRule(
         ("exp_avg",), lambda state, hyper: [state["exp_inf"]],
         lambda hyper, state, means: float(hyper["lr"]) / means[0]),
-    torch.optim.RMSprop: StepRule(("momentum_buffer",), _rmsprop_averages, _adam_length),
+    torch.optim.RMSprop: StepRule(("momentum_buffer",), _rmsprop_averages, _adam_length,
+                                  heavy_ball=True),
     torch.optim.Adadelta: StepRule(
         (), lambda state, hyper: [state["square_avg"], state["acc_delta"]], _adadelta_length),
     torch.optim.Adagrad: StepRule((), lambda state, hyper: [state["sum"]], _adagrad_length),
@@ -129,8 +135,9 @@ def step_length(rule: StepRule, group: NeuronGroup, hyper: Hyper, states: dict[T
     stepped it) are left out; a group none of whose parameters has state gets length 0, since
     the base optimizer did not move it either.
     """
+    gain = heavy_ball_gain(hyper) if rule.heavy_ball else 1.0
     if rule.averages is None or rule.length is None:
-        return float(hyper["lr"])
+        return float(hyper["lr"]) * gain
     stepped = [(s, states[s.param]) for s in group.slices if states.get(s.param)]
     if not stepped:
         return torch.zeros(group.size, device=group.device) if per_neuron else 0.0
@@ -141,8 +148,17 @@ def step_length(rule: StepRule, group: NeuronGroup, hyper: Hyper, states: dict[T
     means = [total / width for total in sums]
     if not per_neuron:
         means = [m.mean(dim=0, keepdim=True) for m in means]
-    length = rule.length(hyper, stepped[0][1], means).clamp(min=0)
+    length = rule.length(hyper, stepped[0][1], means).clamp(min=0) * gain
     return length if per_neuron else float(length)
+
+
+def heavy_ball_gain(hyper: Hyper) -> float:
+    """How many times farther than one step heavy-ball momentum carries a persistent gradient:
+    ``(1 - dampening) / (1 - momentum)``, or 1 without momentum."""
+    momentum = float(hyper.get("momentum", 0.0))
+    if momentum <= 0:
+        return 1.0
+    return (1 - float(hyper.get("dampening", 0.0))) / (1 - momentum)
 
 
 def _rows(s: Slice, tensor: Tensor, neurons: int) -> Tensor:
