@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from compactcnn import models
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods.budget import Budget, CostModel
-from compactcnn.methods.selection import fill, greedy, kill, revive, uniform
+from compactcnn.methods.selection import fill, greedy, kill, revive, revive_rank, uniform
 from compactcnn.sparsity import neuron_groups
 from compactcnn.surgery import compact
 
@@ -150,3 +150,55 @@ def test_a_ranked_cost_model_prices_dead_neurons_and_ranks_as_compaction_then_fa
     small, report = factorise(small, shape)
     assert priced["params"] == report.after.total_params
     assert priced["flops"] == report.flops_after
+
+
+def _planted_ranks(ranks: dict[str, int], seed: int = 0):
+    """lenet5 whose named layers have the given ranks, with a ranked cost model."""
+    model, shape, groups, _ = _model("lenet5", seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, rank in ranks.items():
+            layer = model.get_submodule(name)
+            out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+            left = torch.randn(out, rank, generator=generator)
+            right = torch.randn(rank, fan_in, generator=generator) / fan_in
+            layer.weight.copy_((left @ right).reshape(layer.weight.shape))
+    return model, shape, groups, CostModel(model, shape, groups, ranked=True)
+
+
+@pytest.mark.parametrize("killed", [0, 7])
+def test_revive_rank_brings_a_low_rank_overshoot_back_within_two_percent(killed):
+    from compactcnn.surgery.factorise import factorise
+
+    planted = {"conv2": 2, "fc3": 3}
+    model, shape, groups, cost = _planted_ranks(planted)
+    dead = [torch.arange(g.size) < (killed if g.name == "fc3" else 0) for g in groups]
+    kill(groups, dead)
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    assert cost.fractions(cost.dead_counts())["params"] < 0.05  # far below the budget
+    before = {n: model.get_submodule(n).weight.detach().flatten(1).double().clone()
+              for n in ("conv2", "fc3")}
+    budget = Budget(params=0.10)
+
+    revive_rank(cost, budget, dead)
+
+    assert 0.10 * 0.98 <= cost.fractions(cost.dead_counts())["params"] <= 0.10
+    small, _ = compact(model, shape)
+    small, report = factorise(small, shape)
+    assert 0.10 * 0.98 <= report.after.total_params / cost.dense["params"] <= 0.10
+    for name, old in before.items():
+        new = model.get_submodule(name).weight.detach().flatten(1).double()
+        assert torch.equal(new[old.eq(0).all(dim=1)], old[old.eq(0).all(dim=1)])  # dead stay
+        u = torch.linalg.svd(old, full_matrices=False)[0][:, :planted[name]]
+        # What was there is untouched: the fresh directions are orthogonal to it.
+        torch.testing.assert_close(u.T @ new, u.T @ old, atol=1e-6, rtol=0)
+    assert int(model.fc3.weight.detach().flatten(1).ne(0).any(dim=1).sum()) == 500 - killed
+    assert counts.sum() == killed
+
+
+def test_revive_rank_leaves_a_network_within_the_slack_alone():
+    model, shape, groups, cost = _planted_ranks({"conv2": 40, "fc3": 60})
+    share = cost.fractions(cost.dead_counts())["params"]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    revive_rank(cost, Budget(params=share * 1.01), [g.dead() for g in groups])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())

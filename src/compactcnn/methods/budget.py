@@ -118,6 +118,16 @@ class CostModel:
         flops = 2 * weights * self._hw
         return {"params": float(params.sum()) + self._other, "flops": float(flops.sum())}
 
+    def ranked(self) -> list[tuple[int, nn.Module]]:
+        """The rank-priced layers: (row of the neuron table, module), for a ranked model."""
+        return list(self._ranked)
+
+    def full_ranks(self, dead: Tensor) -> Tensor:
+        """Each layer's largest possible rank with ``dead[g]`` neurons removed from group g."""
+        dead = dead.to(torch.float64)
+        out = self._out - dead @ self._d_out
+        return torch.minimum(out, (self._in - dead @ self._d_in) * self._kernel)
+
     def fractions(self, dead: Tensor) -> dict[str, float]:
         """The same, as fractions of the dense model's."""
         now = self.absolute(dead)

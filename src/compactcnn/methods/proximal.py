@@ -6,7 +6,9 @@ follows a path to the budget, reached at 80% of the sparse phase; at the selecti
 few neurons still above the budget are trimmed (smallest group norm relative to its layer's
 live neurons first, so that layers of different widths compare); if the controller overshot and
 the network is more than 2% below the budget, dead neurons come back, freshly initialised, in
-the layers that lost the largest share, while the budget holds. The surviving architecture is
+the layers that lost the largest share, while the budget holds; under a low-rank penalty the
+overshoot lies in the ranks, so fresh directions come back too, in the factorised layers that
+kept the smallest share of their rank. The surviving architecture is
 frozen and trained for the remaining epochs.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from compactcnn.methods.base import Context, Method
 from compactcnn.methods.controller import LamController
-from compactcnn.methods.selection import Masks, current_dead, greedy, revive
+from compactcnn.methods.selection import Masks, current_dead, greedy, kill, revive, revive_rank
 
 REACH = 0.8  # the share of the sparse phase by which the path reaches the budget
 
@@ -43,4 +45,8 @@ class Proximal(Method):
             norms = g.norms().cpu()
             live = norms[~d]
             scores.append(norms / live.mean() if len(live) and live.mean() > 0 else norms)
-        return revive(ctx.cost, ctx.budget, ctx.groups, greedy(ctx.cost, ctx.budget, scores, dead))
+        dead = revive(ctx.cost, ctx.budget, ctx.groups, greedy(ctx.cost, ctx.budget, scores, dead))
+        if ctx.cost.ranked():  # a low-rank overshoot lies in the ranks: give rank back too
+            kill(ctx.groups, dead)
+            revive_rank(ctx.cost, ctx.budget, dead)
+        return dead

@@ -17,6 +17,7 @@ from torch import Tensor
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods.budget import Budget, CostModel
 from compactcnn.sparsity.neurons import NeuronGroup
+from compactcnn.surgery.factorise import RANK_TOL
 
 Masks = list[Tensor]
 
@@ -121,6 +122,70 @@ def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead:
             if rows:
                 _initialise(group, torch.tensor(rows), mask)
     return dead
+
+
+def revive_rank(cost: CostModel, budget: Budget, dead: Masks, slack: float = 0.02) -> None:
+    """Give factorised layers rank back, while the network lies more than ``slack`` below the
+    budget: the low-rank counterpart of :func:`revive`, for a ranked cost model and neurons
+    already killed.
+
+    One direction at a time, to the layer that keeps the smallest share of its full rank, as
+    long as the budget holds. A direction comes back fresh: a random rank-one term on the
+    layer's live rows and columns, orthogonal to the weight's row and column spaces, with the
+    smallest singular value the layer kept, so that factorisation reads the higher rank and
+    the compact network trains it.
+    """
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    layers = cost.ranked()
+    if not layers:
+        return
+    cost.dead_counts()  # reads the ranks of the weights as they are now
+    full = cost.full_ranks(counts)
+    added = dict.fromkeys((i for i, _ in layers), 0)
+    while budget.excess(cost.fractions(counts)) < -slack:
+        before = cost.absolute(counts)
+        share = {i: float(cost.ranks[i] / full[i]) for i, _ in layers
+                 if cost.ranks[i] < full[i]}
+        pays = [i for i in share if _pays(cost, counts, i, before)]
+        if not pays:
+            break
+        i = min(pays, key=share.__getitem__)
+        cost.ranks[i] += 1
+        if not budget.met(cost.fractions(counts)):
+            cost.ranks[i] -= 1
+            break
+        added[i] += 1
+    with torch.no_grad():
+        for i, module in layers:
+            if added[i]:
+                _add_directions(module.weight, added[i])
+
+
+def _pays(cost: CostModel, counts: Tensor, i: int, before: dict[str, float]) -> bool:
+    """Whether one more rank in layer ``i`` changes the price (the layer is factorised)."""
+    cost.ranks[i] += 1
+    changed = cost.absolute(counts) != before
+    cost.ranks[i] -= 1
+    return changed
+
+
+def _add_directions(weight: Tensor, k: int) -> None:
+    matrix = weight.detach().flatten(1)
+    rows = matrix.ne(0).any(dim=1).nonzero().flatten()
+    cols = matrix.ne(0).any(dim=0).nonzero().flatten()
+    live = matrix[rows][:, cols].double()
+    u, s, vh = torch.linalg.svd(live, full_matrices=True)
+    rank = int((s > RANK_TOL * s.max()).sum()) if len(s) else 0
+    k = min(k, len(rows) - rank, len(cols) - rank)
+    if rank == 0 or k <= 0:  # an empty layer has no scale to copy; a full one no room
+        return
+    left, right = u[:, rank:rank + k], vh[rank:rank + k].T  # orthogonal to what is there
+    g = torch.Generator().manual_seed(len(rows) * 7919 + len(cols))
+    mix_l = torch.linalg.qr(torch.randn(left.shape[1], k, generator=g, dtype=torch.float64))[0]
+    mix_r = torch.linalg.qr(torch.randn(right.shape[1], k, generator=g, dtype=torch.float64))[0]
+    term = (left @ mix_l) * s[rank - 1] @ (right @ mix_r).T
+    flat = weight.data.view(weight.shape[0], -1)
+    flat[rows.unsqueeze(1), cols] += term.to(flat.dtype)
 
 
 def _initialise(group: NeuronGroup, rows: Tensor, dead: Tensor) -> None:
