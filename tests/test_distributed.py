@@ -97,7 +97,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def trained(run: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
     """The weights a run trained, and its [live, dead] neurons per layer."""
     return (load_file(run / f"{name}.safetensors"),
-            json.loads((run / f"{name}.json").read_text()))
+            json.loads((run / f"{name}.json").read_text())["neurons"])
+
+
+def reported(run: Path, name: str) -> list[float]:
+    """The last epoch's training loss and accuracy, as the run's history holds them."""
+    return json.loads((run / f"{name}.json").read_text())["train"]
 
 
 def test_one_process_under_torchrun_is_the_plain_run_exactly(runs) -> None:
@@ -120,6 +125,8 @@ def test_two_processes_take_the_steps_of_one(runs, name) -> None:
     # sample more or less in a step, moves the weights by more than 1e-4.
     for k in plain:
         torch.testing.assert_close(two[k], plain[k], atol=1e-12, rtol=1e-9)
+    # The figures are the global batches', not rank 0's share's (which differ by ~1e-2).
+    assert reported(runs["two"], name) == pytest.approx(reported(runs["plain"], name), rel=1e-9)
 
 
 # --- the command line, on two nodes --------------------------------------------------------

@@ -309,5 +309,6 @@ def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
 FILTER_MAP = register(LayerKind(
     "filtermap", (FilterMapConv2d, FilterMapLinear), True, _no_widths, _not_narrowed, _shapes,
     _row, ungroupable="is a filter-map layer: its filters share weights, so it has no neurons "
-    "to group or remove (train it with --reg none, or materialise it first: "
-    "compactcnn.layers.filtermap.materialized)"))
+    "to group or remove (train it with --reg none, or materialise it first: `compactcnn "
+    "compact MODEL_FILE --out FILE` writes the plain network, which `train --model FILE` "
+    "prunes; in Python, compactcnn.layers.filtermap.materialized)"))

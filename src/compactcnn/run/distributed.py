@@ -125,6 +125,18 @@ def share_loss(world: World) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     return loss
 
 
+def global_means(loss: float, accuracy: float, seen: int, device: torch.device
+                 ) -> tuple[float, float]:
+    """An epoch's training loss and accuracy over every rank's samples, from each rank's means
+    over its own ``seen`` samples, so that the figures a run reports are the global batches',
+    as one process would report them."""
+    totals = torch.tensor([loss * seen, accuracy * seen, float(seen)], dtype=torch.float64,
+                          device=device)
+    dist.all_reduce(totals)
+    loss_sum, correct, total = totals.tolist()
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
 def wrap(model: nn.Module, world: World) -> nn.Module | None:
     """What the training steps call under torchrun: DDP over the model (None outside torchrun).
 

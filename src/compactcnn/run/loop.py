@@ -29,7 +29,7 @@ from compactcnn.data.splits import Splits
 from compactcnn.errors import CompactCNNError
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.device import model_device
-from compactcnn.run.distributed import rank_loader, share_loss
+from compactcnn.run.distributed import global_means, rank_loader, share_loss
 from compactcnn.run.optimizers import base_optimizer, batches_per_epoch, schedule
 from compactcnn.run.rundir import CHECKPOINT
 from compactcnn.run.session import Progress, Session, live_neurons, save_checkpoint
@@ -152,6 +152,9 @@ def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
             except Interrupted:
                 save_checkpoint(session, run_dir / CHECKPOINT)
                 raise KeyboardInterrupt from None
+            if world.active:  # each rank saw its share: report the global batches' figures
+                loss, acc = global_means(loss, acc, session.progress.seen,
+                                         model_device(session.model))
             start = time.perf_counter()
             val_loss, val_acc = evaluate(session.model, session.splits.val)
             session.history.append({
