@@ -31,7 +31,8 @@ from compactcnn.run.distributed import World, rank_loader, share
 ROOT = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
                     "OMP_NUM_THREADS": "1"}
-MODELS = ("lenet5", "vgg_small")  # without and with BatchNorm
+# Without and with BatchNorm, and with BatchNorm and dropout
+MODELS = ("lenet5", "vgg_small", "tests.user_models:dropout_cnn")
 
 
 # --- sharing the batches -------------------------------------------------------------------

@@ -36,6 +36,21 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
     return SmallCNN(num_classes)
 
 
+class DropoutCNN(SmallCNN):
+    """SmallCNN with dropout on its hidden features, as classifier heads have it."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(num_classes)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.classifier(self.dropout(self.hidden(self.features(x).flatten(1)).relu()))
+
+
+def dropout_cnn(num_classes: int = 10) -> nn.Module:
+    return DropoutCNN(num_classes)
+
+
 def half_dead(num_classes: int = 10) -> nn.Module:
     """The last 8 of its 16 hidden neurons dead (weight rows and bias exactly zero), as a
     sparse run leaves them: compaction removes them."""

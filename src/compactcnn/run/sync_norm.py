@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from compactcnn.run.sync_dropout import GlobalDropout
+
 
 class _AllReduceSum(torch.autograd.Function):
     """A differentiable sum over processes.
@@ -93,7 +95,8 @@ class GlobalBatchNorm(nn.Module):
 
 
 def synced(model: nn.Module) -> nn.Module:
-    """``model`` as the training steps see it: every BatchNorm normalises over the global batch.
+    """``model`` as the training steps see it: every BatchNorm normalises over the global batch
+    and every ``nn.Dropout`` draws the global batch's mask (:mod:`.sync_dropout`).
 
     Modules with no BatchNorm below them are the model's own; those on the way to one are
     shallow copies with their own list of children (the same parameters, buffers and hooks),
@@ -101,6 +104,8 @@ def synced(model: nn.Module) -> nn.Module:
     """
     if isinstance(model, _BatchNorm):
         return GlobalBatchNorm(model)
+    if type(model) is nn.Dropout:  # Dropout2d and the like draw other shapes: per process
+        return GlobalDropout(model)
     children = {name: None if child is None else synced(child)
                 for name, child in model._modules.items()}
     if all(children[name] is child for name, child in model._modules.items()):
