@@ -202,3 +202,19 @@ def test_revive_rank_leaves_a_network_within_the_slack_alone():
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     revive_rank(cost, Budget(params=share * 1.01), [g.dead() for g in groups])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_the_selection_reads_the_ranks_as_they_are_at_the_selection_point():
+    from compactcnn.methods.base import Context
+    from compactcnn.methods.proximal import Proximal
+
+    model, shape, groups, cost = _planted_ranks({"conv2": 2, "fc3": 3})
+    cost.dead_counts()  # the ranks at the controller's last decision: far below the budget
+    with torch.no_grad():  # since then the ranks grew back, as singular values may
+        for name in ("conv2", "fc3"):
+            weight = model.get_submodule(name).weight
+            weight.add_(torch.randn_like(weight) * 1e-3)
+    budget = Budget(params=0.10)
+    ctx = Context(model, None, groups, cost, budget, 0, torch.zeros(1, *shape), None)
+    kill(groups, Proximal("low-rank").select(ctx))
+    assert 0.10 * 0.98 <= cost.fractions(cost.dead_counts())["params"] <= 0.10

@@ -39,6 +39,7 @@ class Proximal(Method):
         ctx.state["controller"] = controller
 
     def select(self, ctx: Context) -> Masks:
+        ctx.cost.dead_counts()  # a ranked model's ranks as they are now, not at the last decision
         dead = current_dead(ctx.groups)
         scores = []
         for g, d in zip(ctx.groups, dead, strict=True):
