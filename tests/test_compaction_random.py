@@ -19,10 +19,12 @@ from tests.compaction_helpers import (
     assert_report_consistent,
     assert_unchanged,
     count,
+    expected_widths,
     kill,
     max_diff,
     randomize_norms,
     snapshot,
+    widths,
 )
 
 BLOCKS = ["conv", "res", "cat", "group", "dw", "pool"]
@@ -107,13 +109,12 @@ def test_random_cnns_compact_exactly(spec, fraction, constants, seed):
     model.eval(), small.eval()
     assert report.max_abs_output_diff <= 1e-5
     assert max_diff(model, small, shape, seed=seed) <= 1e-5
-    # exact=False: neuron_groups (the optimizer's view) and torch-pruning's groups disagree
-    # on a depthwise convolution after a concatenation, so only an upper bound holds there.
-    assert_report_consistent(model, small, report, None if constants else killed, exact=False)
+    assert_report_consistent(model, small, report, killed)
+    # Every layer's width, as worked out from the zeros and the rules alone.
+    assert widths(small) == expected_widths(model, shape[0])
     # Nothing in these networks mixes neurons or hides from torch-pruning: a dead neuron goes,
     # or stays for a reason its consumer, an add with the live input, or its layer gives.
     assert not set(report.kept) & {KEPT_OUTPUT, KEPT_ACROSS}
-    # (assert_report_consistent checks the widths of every group that owns its layers whole)
     assert report.after.total_params == count(small)
     with torch.no_grad():
         assert small(torch.randn(1, *shape)).shape == (1, 3)

@@ -36,14 +36,22 @@ def _index(root_idxs: Sequence[int], idxs: Sequence[int], size: int) -> Tensor |
 _NORM_PARTS = {"weight": "scale", "bias": "shift"}
 
 
-def _slices_of(item, names: dict[nn.Module, str], size: int, full: bool) -> list[Slice]:
+def _slices_of(item, names: dict[nn.Module, str], members: list[int], full: bool
+               ) -> list[Slice]:
+    """The item's slices for the root neurons ``members`` (renumbered 0, 1, ... in order)."""
     module = item.dep.target.module
     name = names.get(module)
     if name is None or not isinstance(module, nn.Module):
         return []
     outgoing, incoming = removes_outputs(item.dep), removes_inputs(item.dep)
+    size = len(members)
+    position = {r: k for k, r in enumerate(members)}
+    pairs = [(position[r], i) for r, i in zip(item.root_idxs, item.idxs, strict=True)
+             if r in position]
+    if not pairs:  # the item reaches none of these neurons
+        return []
     try:
-        index = _index(item.root_idxs, item.idxs, size)
+        index = _index([r for r, _ in pairs], [i for _, i in pairs], size)
     except ValueError:
         return []
     slices = []
@@ -75,7 +83,8 @@ def _slices_of(item, names: dict[nn.Module, str], size: int, full: bool) -> list
 
 def neuron_groups(model: nn.Module, example: Example, *, full: bool = False,
                   ignore: Iterable[str] = ()) -> list[NeuronGroup]:
-    """One :class:`NeuronGroup` per set of coupled neurons of ``model``.
+    """One :class:`NeuronGroup` per set of coupled neurons of ``model`` (per input of a
+    concatenation whose channels a later layer couples, see :func:`_by_reach`).
 
     ``full=True`` also puts each neuron's input slices of the next layer in its group, so the
     penalty sees every weight that the neuron's removal would delete (grouped convolutions'
@@ -85,19 +94,48 @@ def neuron_groups(model: nn.Module, example: Example, *, full: bool = False,
     order = {n: k for k, n in enumerate(names.values())}
     groups = []
     for g in tp_groups(model, as_input(model, example), ignore=ignore):
-        root = g[0].dep.target.module
         size = len(g[0].idxs)
-        slices: list[Slice] = []
-        layers: list[str] = []
-        for item in g:
-            new = _slices_of(item, names, size, full)
-            slices.extend(new)
-            layers.extend(s.name.rsplit(".", 1)[0] for s in new
-                          if s.role == "out" and s.name.endswith(".weight")
-                          and holds_neurons(item.dep.target.module))
-        layers = sorted(dict.fromkeys(layers), key=order.__getitem__) or [names[root]]
-        groups.append(NeuronGroup(layers[0], tuple(layers), size, slices))
+        split = [_group(g, members, names, order, full) for members in _by_reach(g, size, names)]
+        if len({s.name for s in split}) < len(split):  # parts no layer tells apart: keep one
+            split = [_group(g, list(range(size)), names, order, full)]
+        groups.extend(split)
     return sorted(groups, key=lambda g: order[g.name])
+
+
+def _group(g, members: list[int], names: dict[nn.Module, str], order: dict[str, int],
+           full: bool) -> NeuronGroup:
+    """The neuron group of torch-pruning's group ``g``'s root neurons ``members``."""
+    slices: list[Slice] = []
+    layers: list[str] = []
+    for item in g:
+        new = _slices_of(item, names, members, full)
+        slices.extend(new)
+        layers.extend(s.name.rsplit(".", 1)[0] for s in new
+                      if s.role == "out" and s.name.endswith(".weight")
+                      and holds_neurons(item.dep.target.module))
+    layers = sorted(dict.fromkeys(layers), key=order.__getitem__) \
+        or [names[g[0].dep.target.module]]
+    return NeuronGroup(layers[0], tuple(layers), len(members), slices)
+
+
+def _by_reach(group, size: int, names: dict[nn.Module, str]) -> list[list[int]]:
+    """The group's root neurons, split by which of its items reach them.
+
+    An item may reach only some of the group's neurons: the inputs of a concatenation that a
+    depthwise convolution or an add after it couples (torch-pruning roots the group there).
+    Such an item's slices are not one block per neuron of the group, so the group is split
+    into sets of neurons that the same items reach, each of which holds all its scalars
+    (the concatenated layer's rows included, which the proximal map must shrink too).
+    """
+    reach = [frozenset(item.root_idxs) for item in group]
+    partial = [k for k, (r, item) in enumerate(zip(reach, group, strict=True))
+               if len(r) < size and item.dep.target.module in names]  # a layer, not an op
+    if not partial:
+        return [list(range(size))]
+    classes: dict[tuple[int, ...], list[int]] = {}
+    for n in range(size):
+        classes.setdefault(tuple(k for k in partial if n in reach[k]), []).append(n)
+    return list(classes.values())
 
 
 def describe(groups: Sequence[NeuronGroup]) -> str:

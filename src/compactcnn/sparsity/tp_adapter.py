@@ -87,11 +87,19 @@ class _Graph(tp.DependencyGraph):
     def get_all_groups(self, ignored_layers=(), root_module_types=()):
         """torch-pruning's groups, except that a layer whose group it cannot build (its index
         mappings run past their channels beside a channel shuffle) is left out and listed in
-        ``ungrouped`` instead of failing them all."""
+        ``ungrouped`` instead of failing them all, and that the roots are tried downstream
+        first.
+
+        torch-pruning tries them in its trace order, in which a concatenation's inputs may come
+        before a later layer that couples all its channels (a depthwise convolution, the
+        other side of an add) or after it, depending on what lies between (a norm before the
+        add, say). Rooted at an input, the group holds that input's channels only and the
+        other inputs get groups of their own; rooted at the coupling layer, one group holds
+        them all. Downstream first, it is always the latter: one cut for coupled channels."""
         self.ungrouped: list[nn.Module] = []
         ignored = [*ignored_layers, *self.IGNORED_LAYERS_IN_TRACING]
         visited: set[nn.Module] = set()
-        for m in list(self.module2node):
+        for m in _downstream_first(self.module2node):
             if m in ignored or m in visited or not isinstance(m, tuple(root_module_types)):
                 continue
             pruner = self.get_pruner_of_module(m)
@@ -107,6 +115,28 @@ class _Graph(tp.DependencyGraph):
             visited.update(outs)
             if not any(o in ignored for o in outs):
                 yield group
+
+
+def _downstream_first(module2node: dict) -> list:
+    """The graph's modules, each before every module it reads from (a depth-first post-order
+    over the outputs, started in trace order)."""
+    order: list = []
+    done: set = set()
+    for start in module2node.values():
+        if start in done:
+            continue
+        done.add(start)
+        stack = [(start, iter(start.outputs))]
+        while stack:
+            node, outputs = stack[-1]
+            nxt = next((o for o in outputs if o not in done), None)
+            if nxt is None:
+                stack.pop()
+                order.append(node.module)
+            else:
+                done.add(nxt)
+                stack.append((nxt, iter(nxt.outputs)))
+    return order
 
 
 @contextmanager

@@ -68,7 +68,7 @@ class Planner:
                 for f, m, d in zip(fate, mixed.tolist(), dead.tolist(), strict=True)]
         outcome.kept.update(f for f, d in zip(fate, dead.tolist(), strict=True) if f and d)
         go = dead & torch.tensor([not f for f in fate], dtype=torch.bool)
-        idxs = self._even(go, grouped_conv_blocks(group), outcome)
+        idxs = self._even(go, grouped_conv_blocks(group), self._producers(group, size), outcome)
         if not idxs:
             return None
         return Removal(module, handler, idxs, outcome, delivery.folds)
@@ -83,15 +83,36 @@ class Planner:
             outcome.kept[KEPT_TIED] += dead
         self.outcomes.append(outcome)
 
-    def _even(self, go: Tensor, blocks: list[Tensor], outcome: GroupOutcome) -> list[int]:
-        """The neurons to remove once grouped convolutions stay even and one neuron stays."""
-        go = balance(go, blocks, outcome)
-        if bool(go.all()):
+    def _producers(self, group, size: int) -> list[tuple[str, Tensor]]:
+        """Each layer that produces the group's neurons, in model order, and which of the
+        group's neurons it produces: all of them, or, side by side with the other inputs of a
+        concatenation that a later layer couples, its own."""
+        reached: dict[str, Tensor] = {}
+        for item in group:
+            m = item.dep.target.module
+            if holds_neurons(m) and not removes_inputs(item.dep):
+                mask = reached.setdefault(self.names[m], torch.zeros(size, dtype=torch.bool))
+                mask[torch.tensor(item.root_idxs, dtype=torch.long)] = True
+        return sorted(reached.items(), key=lambda kv: self.order[kv[0]])
+
+    def _even(self, go: Tensor, blocks: list[Tensor], producers: list[tuple[str, Tensor]],
+              outcome: GroupOutcome) -> list[int]:
+        """The neurons to remove once every layer keeps a neuron (torch-pruning cannot cut a
+        layer to nothing, and a group whose cut fails keeps all its neurons) and grouped
+        convolutions stay even. A layer keeps a neuron of the block where most go, so that
+        evening out its grouped convolutions costs the fewest."""
+        go = go.clone()
+        for name, reached in producers or [(outcome.name, torch.ones_like(go))]:
+            if not bool(go[reached].all()):
+                continue
             if self.strict:
-                raise CompactCNNError(f"every neuron of '{outcome.name}' is dead; strict mode "
+                raise CompactCNNError(f"every neuron of '{name}' is dead; strict mode "
                                       "refuses to keep one")
-            go[0] = False
+            candidates = reached.nonzero().flatten()
+            crowd = torch.zeros(candidates.numel(), dtype=torch.long)
+            for block in blocks:
+                crowd += torch.bincount(block[go], minlength=int(block.max()) + 1)[
+                    block[candidates]]
+            go[candidates[int(torch.argmax(crowd))]] = False  # the first of the most crowded
             outcome.kept[KEPT_LAST] += 1
-            # One kept neuron leaves its grouped convolutions' groups uneven: keep one in each.
-            go = balance(go, blocks, outcome)
-        return go.nonzero().flatten().tolist()
+        return balance(go, blocks, outcome).nonzero().flatten().tolist()
