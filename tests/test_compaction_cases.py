@@ -19,7 +19,15 @@ from compactcnn.surgery.outcome import (
     KEPT_OUTPUT,
     KEPT_TIED,
 )
-from tests.compaction_helpers import Concat, Net, dead_with_bias, max_diff, randomize_norms
+from tests.compaction_helpers import (
+    Concat,
+    Net,
+    Residual,
+    assert_report_consistent,
+    dead_with_bias,
+    max_diff,
+    randomize_norms,
+)
 
 # --- constants: fold exactly or keep, and say why ----------------------------------------------
 
@@ -119,6 +127,37 @@ def test_a_neuron_killed_through_its_batchnorm_scale_is_removed(beta):
     expected = {} if not beta else {KEPT_CONSTANT: 1}
     assert (report.groups[0].removed, dict(report.groups[0].kept)) == (0 if beta else 1, expected)
     assert max_diff(padded, small, (2, 6, 6)) <= 1e-6
+
+
+def test_a_zero_scale_norm_on_one_side_of_an_add_leaves_the_neuron_live():
+    """A zero scale makes only its norm's output constant. Here bn2 zeroes channel 0 of the
+    residual branch, but the add joins it to the concatenation's ``left`` channel 0, which
+    reaches the add raw: the neuron is live, however constant (0 after ReLU, bias -10) the
+    probe happens to see it. Without an add, conv -> BN(0, 0) -> ReLU -> conv, it is dead."""
+    torch.manual_seed(14)
+    model = Net([Concat(1, 2, 1, False), Residual(3, True)], 3, 0,
+                nn.AdaptiveAvgPool2d(1)).eval()
+    with torch.no_grad():
+        model.body[0].left.weight.fill_(1.0)
+        model.body[0].left.bias.fill_(-10.0)
+        model.body[1].bn2.weight[0] = model.body[1].bn2.bias[0] = 0.0
+    small, report = compact(model, torch.randn(2, 1, 8, 8))
+    assert small.body[0].left.out_channels == 2 and small.body[1].conv2.out_channels == 3
+    assert sum(g.dead for g in report.groups) == sum(g.removed for g in report.groups) == 0
+    assert_report_consistent(model, small, report)
+    assert max_diff(model, small, (1, 8, 8), scale=20.0) <= 1e-5
+
+    plain = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)).eval()
+    randomize_norms(plain, 14)
+    with torch.no_grad():
+        plain[1].weight[0] = plain[1].bias[0] = 0.0
+    small, report = compact(plain, torch.randn(2, 2, 6, 6))
+    g = report.groups[0]
+    assert (g.dead, g.removed, dict(g.kept)) == (1, 1, {})
+    assert small[0].out_channels == 3 and small[3].in_channels == 3
+    assert_report_consistent(plain, small, report)
+    assert max_diff(plain, small, (2, 6, 6), scale=20.0) <= 1e-5
 
 
 def test_a_sigmoid_gate_is_folded_into_the_linear():

@@ -5,6 +5,11 @@ produces it has an all-zero weight row, or every norm that normalises it has a z
 network slimming leaves it). A group's items may reach only some of its neurons (a
 concatenation into an add), so each item speaks only for the neurons it reaches, and a neuron
 that no norm reaches is never dead by its scales.
+
+A zero scale makes only the norm's own output constant. So a neuron is dead by its scales only
+where every layer that produces it (and is not dead by its weights) reaches its consumers
+through a zero-scale norm alone: an add that joins the layer's raw output to the norm's, or a
+consumer that reads it beside the norm, keeps the neuron live (see :func:`_through_zero_norms`).
 """
 
 from __future__ import annotations
@@ -35,11 +40,38 @@ def _per_neuron(item, param: Tensor, size: int) -> tuple[Tensor, Tensor]:
     return matrix, reached
 
 
+def _behind_zero_norms(node, zero: dict[nn.Module, Tensor], size: int) -> Tensor:
+    """``[size]``: the neurons for which every path out of ``node`` (a producing layer, in
+    torch-pruning's graph) meets a norm with zero scale for them before anything else reads
+    it: a layer, an op that joins other inputs to it (an add; a concatenation only puts
+    channels side by side), or the model's output. ``zero`` maps each norm of the group to
+    the neurons whose scale it zeroes."""
+    covered = torch.ones(size, dtype=torch.bool)
+    stack, seen = list(node.outputs), set()
+    if not stack:
+        return ~covered
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.module in zero:
+            covered &= zero[n.module]
+        elif holds_neurons(n.module) or not n.outputs \
+                or (len(n.inputs) > 1 and getattr(n.type, "name", "") != "CONCAT"):
+            return torch.zeros(size, dtype=torch.bool)
+        else:
+            stack.extend(n.outputs)
+    return covered
+
+
 def dead_neurons(group, size: int) -> tuple[Tensor, Tensor]:
     """``(dead, partly)``: dead neurons, and the others that are zero in some producing layer
     or norm (alive in a coupled one, so they stay)."""
     sides: dict[str, tuple[list[Tensor], Tensor]] = {}
     partly = torch.zeros(size, dtype=torch.bool)
+    producers: list[tuple[object, Tensor, Tensor]] = []  # node, reached, weight rows zero
+    zero: dict[nn.Module, list[Tensor]] = {}  # norm -> neurons it reaches, of them zeroed
     for item in group:
         m = item.dep.target.module
         if not isinstance(m, nn.Module) or removes_inputs(item.dep):
@@ -58,9 +90,34 @@ def dead_neurons(group, size: int) -> tuple[Tensor, Tensor]:
         matrices, covered = sides.setdefault(side, ([], torch.zeros(size, dtype=torch.bool)))
         matrices.append(matrix)
         covered |= reached
-        partly |= reached & matrix.eq(0).all(dim=1)
+        rows_zero = reached & matrix.eq(0).all(dim=1)
+        partly |= rows_zero
+        if side == "weight":
+            producers.append((item.dep.target, reached, rows_zero))
+        else:
+            seen, zeroed = zero.setdefault(m, [torch.zeros(size, dtype=torch.bool),
+                                               torch.ones(size, dtype=torch.bool)])
+            seen |= reached
+            zeroed &= rows_zero | ~reached
     dead = torch.zeros(size, dtype=torch.bool)
     for side, (matrices, covered) in sides.items():
         weights, scales = (matrices, []) if side == "weight" else ([], matrices)
-        dead |= dead_rows(weights, scales) & covered
+        alone = dead_rows(weights, scales) & covered
+        if side == "scale":  # a zero scale silences only what passes through its norm
+            alone &= _through_zero_norms(producers, zero, size)
+        dead |= alone
     return dead, partly & ~dead
+
+
+def _through_zero_norms(producers: list, zero: dict[nn.Module, list[Tensor]],
+                        size: int) -> Tensor:
+    """``[size]``: the neurons that some layer produces and that each layer producing them
+    either emits as a constant (all-zero weight row) or hands on through zero-scale norms
+    alone."""
+    zeroed = {m: seen & z for m, (seen, z) in zero.items()}
+    produced = torch.zeros(size, dtype=torch.bool)
+    ok = torch.ones(size, dtype=torch.bool)
+    for node, reached, rows_zero in producers:
+        produced |= reached
+        ok &= ~reached | rows_zero | _behind_zero_norms(node, zeroed, size)
+    return ok & produced
