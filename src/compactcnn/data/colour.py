@@ -20,8 +20,10 @@ exploit. Images are in ``[0, 1]``; everything is drawn from one generator seeded
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+from PIL import Image
 
 from compactcnn.data.common import _check_positive
 from compactcnn.errors import CompactCNNError
@@ -88,3 +90,21 @@ def synthetic_colour(n: int, size: int = 32, classes: int = 9,
     noise = 0.05 * torch.randn(n, 3, size, size, generator=generator)
     images = torch.where(inside, foreground, bg_luma) + noise
     return images.clamp_(0, 1), labels
+
+
+def write_image_folder(root: Path, n: int, size: int = COLOUR_SIZE,
+                       classes: int = COLOUR_CLASSES, seed: int = COLOUR_SEED) -> Path:
+    """Write ``n`` images of the task as PNG files, one subfolder per class (``c0``, ``c1``,
+    ...), for ``--data folder:ROOT``: the task as a user's own colour images would arrive,
+    quantised to 8 bits. The folder must not exist yet, so nothing is overwritten."""
+    root = Path(root)
+    if root.exists():
+        raise CompactCNNError(f"{root} already exists; choose a new folder")
+    images, labels = synthetic_colour(n, size, classes, seed)
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    width = len(str(classes - 1))
+    for c in range(classes):
+        (root / f"c{c:0{width}d}").mkdir(parents=True)
+    for k, (image, label) in enumerate(zip(pixels, labels.tolist(), strict=True)):
+        Image.fromarray(image, "RGB").save(root / f"c{label:0{width}d}" / f"{k:05d}.png")
+    return root
