@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from compactcnn.cli import main
 from compactcnn.run import loop
@@ -33,3 +36,21 @@ def interrupt_second_epoch(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None
 
     monkeypatch.setattr(loop, "run_epoch", interrupted)
     return lambda: monkeypatch.setattr(loop, "run_epoch", real)
+
+
+def assert_resume_equals_whole(train: Callable[..., int], root: Path,
+                               monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture, *args: str) -> None:
+    """``train(out, *args)`` interrupted in its second epoch and resumed gives the sparse
+    model of the same run left alone, tensor for tensor."""
+    whole, parts = root / "whole", root / "parts"
+    assert train(whole, *args) == 0
+    restore = interrupt_second_epoch(monkeypatch)
+    assert train(parts, *args) == 130
+    assert "--resume" in capsys.readouterr().err
+    restore()
+    assert train(parts, *args, "--resume") == 0
+    a, b = load_file(whole / "sparse.safetensors"), load_file(parts / "sparse.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

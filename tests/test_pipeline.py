@@ -8,14 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from compactcnn.accounting.accuracy import evaluate
 from compactcnn.cli import main
 from compactcnn.data import FASHION_MNIST_DIR, load_dataset
 from compactcnn.files import modelfile as io
-from tests.cli_helpers import interrupt_second_epoch
+from tests.cli_helpers import assert_resume_equals_whole
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                 reason="Debian's dataset-fashion-mnist is not installed")
@@ -81,18 +79,8 @@ def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> N
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, monkeypatch, capsys) -> None:
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    args = ("--epochs", "2", "--lam", "2e-3")
-    assert train(whole, *args) == 0
-    restore = interrupt_second_epoch(monkeypatch)
-    assert train(parts, *args) == 130
-    assert "--resume" in capsys.readouterr().err
-    restore()
-    assert train(parts, *args, "--resume") == 0
-    a, b = load_file(whole / "sparse.safetensors"), load_file(parts / "sparse.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_resume_equals_whole(train, tmp_path, monkeypatch, capsys, "--epochs", "2",
+                               "--lam", "2e-3")
 
 
 def _one_line_exit_2(capsys, argv: list[str]) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from compactcnn.accounting.accuracy import evaluate
@@ -19,7 +18,7 @@ from compactcnn.data import load_dataset
 from compactcnn.errors import CompactCNNError
 from compactcnn.files import modelfile as io
 from compactcnn.sources import for_training
-from tests.cli_helpers import interrupt_second_epoch, one_line_error
+from tests.cli_helpers import assert_resume_equals_whole, one_line_error
 
 USER = "tests.user_models"
 SMALL = f"{USER}:small_cnn"
@@ -95,16 +94,8 @@ def test_a_callable_without_num_classes_is_called_bare_and_checked(tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, capsys):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    args = ("--epochs", "2", "--lam", "2e-2")
-    assert train(whole, *args) == 0
-    restore = interrupt_second_epoch(monkeypatch)
-    assert train(parts, *args) == 130
-    assert "--resume" in capsys.readouterr().err
-    restore()
-    assert train(parts, *args, "--resume") == 0
-    a, b = load_file(whole / "sparse.safetensors"), load_file(parts / "sparse.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_equals_whole(train, tmp_path, monkeypatch, capsys, "--epochs", "2",
+                               "--lam", "2e-2")
 
 
 # --- compact and compare -------------------------------------------------------------------------

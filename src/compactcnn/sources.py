@@ -92,31 +92,30 @@ def for_training(name: str, splits: Splits, declared_input: str | None = None) -
         raise CompactCNNError(f"--input {declared_input} does not match the data: "
                               f"{splits.name} has {','.join(map(str, shape))} images")
     if modelfile.looks_like_file(name):
-        return _trained_file(name, shape, classes)
-    if ":" not in name:
+        model, shown = _from_file(name, shape), Path(name).name
+    elif ":" not in name:
         c, h, w = shape
         if h != w:
             raise CompactCNNError(f"{splits.name} has {h}x{w} images; zoo models take square "
                                   "inputs (a model from an import path may take any)")
         return models.create(name, num_classes=classes, in_channels=c, input_size=h,
                              normalisation=(splits.mean, splits.std))
-    model = _accepting(modelfile.from_import(name, shape, classes), shape, name, "cpu", classes)
+    else:
+        model, shown = modelfile.from_import(name, shape, classes), name
+    model = _accepting(model, shape, shown, "cpu", classes)
     if not any(p.requires_grad for p in model.parameters()):
         raise CompactCNNError(f"{name} has no parameters to train")
     return model.train()
 
 
-def _trained_file(name: str, shape: tuple[int, int, int], classes: int) -> nn.Module:
-    """The model of a model file, checked against the data like an import path's."""
+def _from_file(name: str, shape: tuple[int, int, int]) -> nn.Module:
+    """The model of a model file, refused if it was made for other images than the data's."""
     model = modelfile.load(name)
     recorded = modelfile.input_shape(modelfile.spec_of(model))
     if recorded != shape:
         raise CompactCNNError(f"{name} was made for {','.join(map(str, recorded))} images; the "
                               f"data have {','.join(map(str, shape))}")
-    model = _accepting(model, shape, Path(name).name, "cpu", classes)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise CompactCNNError(f"{name} has no parameters to train")
-    return model.train()
+    return model
 
 
 def _accepting(model: nn.Module, shape: tuple[int, int, int], name: str, device: str,
