@@ -124,8 +124,11 @@ def test_compare_with_an_import_path(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--model", SMALL, *SLICE, "--epochs", "1", "--target",
                  "params=0.5", "--methods", "uniform", "--input", "1,28,28", "--out",
-                 str(out)]) == 0
+                 str(out), "--json"]) == 0
     result = json.loads((out / "compare.json").read_text())
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == result  # stdout holds the result alone
+    assert "epoch 1/1" in captured.err  # progress goes to stderr
     assert result["model"] == SMALL
     rows = {row["method"]: row for row in result["rows"]}
     assert rows.keys() == {"dense", "uniform"}

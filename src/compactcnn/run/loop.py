@@ -9,6 +9,7 @@ same weights an uninterrupted run would reach: each epoch's batch order depends 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ class _StopOnSigint:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("stopping after this batch (Ctrl-C again to stop at once)")
+        tqdm.write("stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr)
 
     def __enter__(self) -> _StopOnSigint:
         self._old = None
@@ -165,7 +166,7 @@ def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
             if world.is_main:
                 save_checkpoint(session, run_dir / CHECKPOINT)
                 tqdm.write(f"epoch {e + 1}/{cfg.epochs}  loss {loss:.4f}  acc {acc:.4f}  "
-                       f"val {val_acc:.4f}  {status()}")
+                           f"val {val_acc:.4f}  {status()}", file=sys.stderr)
     return session
 
 
@@ -196,7 +197,7 @@ def train_compact(model: nn.Module, splits: Splits, cfg: TrainConfig, first_epoc
         history.append({"epoch": e + 1, "loss": loss, "accuracy": acc, "val_loss": val_loss,
                         "val_accuracy": val_acc, "seconds": time.perf_counter() - start})
         tqdm.write(f"epoch {e + 1}/{cfg.epochs} (compact)  loss {loss:.4f}  acc {acc:.4f}  "
-                   f"val {val_acc:.4f}")
+                   f"val {val_acc:.4f}", file=sys.stderr)
     return history
 
 
@@ -215,5 +216,5 @@ def finetune(model: nn.Module, splits: Splits, cfg: TrainConfig) -> list[dict[st
         _, val_acc = evaluate(model, splits.val)
         history.append({"epoch": e + 1, "loss": loss, "accuracy": acc, "val_accuracy": val_acc})
         tqdm.write(f"fine-tune {e + 1}/{cfg.finetune_epochs}  loss {loss:.4f}  acc {acc:.4f}  "
-                   f"val {val_acc:.4f}")
+                   f"val {val_acc:.4f}", file=sys.stderr)
     return history
