@@ -141,6 +141,8 @@ def test_a_zero_scale_norm_on_one_side_of_an_add_leaves_the_neuron_live():
         model.body[0].left.weight.fill_(1.0)
         model.body[0].left.bias.fill_(-10.0)
         model.body[1].bn2.weight[0] = model.body[1].bn2.bias[0] = 0.0
+    # The optimizer's and the budget's count agrees with compaction's: no neuron is dead.
+    assert not any(bool(g.dead().any()) for g in neuron_groups(model, torch.randn(2, 1, 8, 8)))
     small, report = compact(model, torch.randn(2, 1, 8, 8))
     assert small.body[0].left.out_channels == 2 and small.body[1].conv2.out_channels == 3
     assert sum(g.dead for g in report.groups) == sum(g.removed for g in report.groups) == 0
@@ -152,6 +154,7 @@ def test_a_zero_scale_norm_on_one_side_of_an_add_leaves_the_neuron_live():
     randomize_norms(plain, 14)
     with torch.no_grad():
         plain[1].weight[0] = plain[1].bias[0] = 0.0
+    assert neuron_groups(plain, torch.randn(2, 2, 6, 6))[0].dead().tolist() == [True] + [False] * 3
     small, report = compact(plain, torch.randn(2, 2, 6, 6))
     g = report.groups[0]
     assert (g.dead, g.removed, dict(g.kept)) == (1, 1, {})

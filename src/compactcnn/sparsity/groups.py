@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from compactcnn.inputs import Example, as_input
 from compactcnn.layers import follower_types, holds_neurons
 from compactcnn.sparsity.neurons import NeuronGroup, Slice
+from compactcnn.sparsity.norm_paths import silenced_by_norms
 from compactcnn.sparsity.tp_adapter import removes_inputs, removes_outputs, tp_groups
 
 
@@ -115,7 +116,25 @@ def _group(g, members: list[int], names: dict[nn.Module, str], order: dict[str, 
                       and holds_neurons(item.dep.target.module))
     layers = sorted(dict.fromkeys(layers), key=order.__getitem__) \
         or [names[g[0].dep.target.module]]
-    return NeuronGroup(layers[0], tuple(layers), len(members), slices)
+    silenced = _silenced_by_scale(g, members) if any(s.part == "scale" for s in slices) else None
+    return NeuronGroup(layers[0], tuple(layers), len(members), slices, silenced)
+
+
+def _silenced_by_scale(g, members: list[int]) -> Tensor:
+    """Which of ``members`` a zero scale in the group's norms would silence: those whose every
+    producing layer reaches its consumers through these norms alone (see norm_paths)."""
+    size = len(g[0].idxs)
+    producers, norms = [], {}
+    for item in g:
+        module = item.dep.target.module
+        reached = torch.zeros(size, dtype=torch.bool)
+        reached[torch.tensor(item.root_idxs, dtype=torch.long)] = True
+        if holds_neurons(module) and removes_outputs(item.dep):
+            producers.append((item.dep.target, reached, torch.zeros(size, dtype=torch.bool)))
+        elif isinstance(module, follower_types()) and not isinstance(module, nn.PReLU) \
+                and getattr(module, "weight", None) is not None and module.weight.dim() == 1:
+            norms[module] = norms.get(module, torch.zeros(size, dtype=torch.bool)) | reached
+    return silenced_by_norms(producers, norms, size)[torch.tensor(members, dtype=torch.long)]
 
 
 def _by_reach(group, size: int, names: dict[nn.Module, str]) -> list[list[int]]:

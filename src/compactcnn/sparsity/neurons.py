@@ -10,7 +10,9 @@ exactly 0.0 in every layer that produces it, or the scale (gamma) of the norm th
 is exactly 0.0 in every such norm. It then emits a constant: zero when its bias and shift are
 zero too (group lasso zeroes them with the rest of the group), otherwise a constant that
 compaction folds into the next layer's bias. A neuron killed through its norm's scale, as
-network slimming does, is therefore dead too.
+network slimming does, is therefore dead too, where the norm stands on every path out of the
+layer: a raw copy of its output that reaches an add beside the norm keeps it live
+(:mod:`compactcnn.sparsity.norm_paths`; the group's ``silenced``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class NeuronGroup:
     layers: tuple[str, ...]
     size: int
     slices: list[Slice] = field(default_factory=list)
+    # ``[neurons]``: those a zero scale of the group's norms silences (their producers reach
+    # every consumer through these norms); None: all of them (see norm_paths).
+    silenced: Tensor | None = None
 
     def matrix(self) -> Tensor:
         """All the group's scalars, one row per neuron: the object the proximal maps shrink."""
@@ -107,9 +112,14 @@ class NeuronGroup:
         return total.sqrt()
 
     def dead(self) -> Tensor:
-        """Boolean ``[neurons]``, on the parameters' device: see :func:`dead_rows`."""
-        return dead_rows([s.rows() for s in self.slices if s.part == "weight"],
-                         [s.rows() for s in self.slices if s.part == "scale"])
+        """Boolean ``[neurons]``, on the parameters' device: see :func:`dead_rows`. A zero
+        scale counts only for the neurons it silences (``silenced``)."""
+        weights = [s.rows() for s in self.slices if s.part == "weight"]
+        scales = [s.rows() for s in self.slices if s.part == "scale"]
+        if not scales or self.silenced is None:
+            return dead_rows(weights, scales)
+        by_scale = dead_rows([], scales) & self.silenced.to(scales[0].device)
+        return dead_rows(weights, []) | by_scale if weights else by_scale
 
     @property
     def params(self) -> list[nn.Parameter]:

@@ -9,7 +9,8 @@ that no norm reaches is never dead by its scales.
 A zero scale makes only the norm's own output constant. So a neuron is dead by its scales only
 where every layer that produces it (and is not dead by its weights) reaches its consumers
 through a zero-scale norm alone: an add that joins the layer's raw output to the norm's, or a
-consumer that reads it beside the norm, keeps the neuron live (see :func:`_through_zero_norms`).
+consumer that reads it beside the norm, keeps the neuron live (see
+:mod:`compactcnn.sparsity.norm_paths`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from compactcnn.layers import follower_types, holds_neurons
 from compactcnn.sparsity.neurons import dead_rows
+from compactcnn.sparsity.norm_paths import silenced_by_norms
 from compactcnn.sparsity.tp_adapter import removes_inputs
 
 
@@ -38,31 +40,6 @@ def _per_neuron(item, param: Tensor, size: int) -> tuple[Tensor, Tensor]:
     reached = torch.zeros(size, dtype=torch.bool)
     reached[roots] = True
     return matrix, reached
-
-
-def _behind_zero_norms(node, zero: dict[nn.Module, Tensor], size: int) -> Tensor:
-    """``[size]``: the neurons for which every path out of ``node`` (a producing layer, in
-    torch-pruning's graph) meets a norm with zero scale for them before anything else reads
-    it: a layer, an op that joins other inputs to it (an add; a concatenation only puts
-    channels side by side), or the model's output. ``zero`` maps each norm of the group to
-    the neurons whose scale it zeroes."""
-    covered = torch.ones(size, dtype=torch.bool)
-    stack, seen = list(node.outputs), set()
-    if not stack:
-        return ~covered
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.module in zero:
-            covered &= zero[n.module]
-        elif holds_neurons(n.module) or not n.outputs \
-                or (len(n.inputs) > 1 and getattr(n.type, "name", "") != "CONCAT"):
-            return torch.zeros(size, dtype=torch.bool)
-        else:
-            stack.extend(n.outputs)
-    return covered
 
 
 def dead_neurons(group, size: int) -> tuple[Tensor, Tensor]:
@@ -104,20 +81,7 @@ def dead_neurons(group, size: int) -> tuple[Tensor, Tensor]:
         weights, scales = (matrices, []) if side == "weight" else ([], matrices)
         alone = dead_rows(weights, scales) & covered
         if side == "scale":  # a zero scale silences only what passes through its norm
-            alone &= _through_zero_norms(producers, zero, size)
+            zeroed = {m: seen & z for m, (seen, z) in zero.items()}
+            alone &= silenced_by_norms(producers, zeroed, size)
         dead |= alone
     return dead, partly & ~dead
-
-
-def _through_zero_norms(producers: list, zero: dict[nn.Module, list[Tensor]],
-                        size: int) -> Tensor:
-    """``[size]``: the neurons that some layer produces and that each layer producing them
-    either emits as a constant (all-zero weight row) or hands on through zero-scale norms
-    alone."""
-    zeroed = {m: seen & z for m, (seen, z) in zero.items()}
-    produced = torch.zeros(size, dtype=torch.bool)
-    ok = torch.ones(size, dtype=torch.bool)
-    for node, reached, rows_zero in producers:
-        produced |= reached
-        ok &= ~reached | rows_zero | _behind_zero_norms(node, zeroed, size)
-    return ok & produced
