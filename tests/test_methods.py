@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
 
 from compactcnn.accounting import neuron_table
-from compactcnn.cli import main
+from compactcnn.cli import build_parser, main
 from compactcnn.errors import CompactCNNError
 from compactcnn.files import modelfile
 from compactcnn.methods import METHODS
 from compactcnn.run.compare import compare
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.pipeline import run
+from compactcnn.run.toml import config_from
 from tests.cli_helpers import interrupt_second_epoch
 
 SMALL = dict(data="synthetic", limit=256, test_limit=128, epochs=2, batch_size=64,
@@ -86,6 +88,10 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     for name in ("group", "l1-filter", "scratch", "uniform"):
         assert rows[name]["params"] <= 0.2 * rows[name]["dense_params"]
         assert f"--method {name}" in rows[name]["command"]
+    for row in first["rows"]:  # each row's command gives that row's run, the dense one too
+        if "command" in row and "config" in row:
+            args = build_parser().parse_args(shlex.split(row["command"])[1:])
+            assert config_from(args) == TrainConfig(**row["config"]), row["method"]
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(first["rows"]))
     rows_in_md = (tmp_path / "compare.md").read_text().count("\n| ")

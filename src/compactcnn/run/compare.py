@@ -32,12 +32,13 @@ DEFAULT_METHODS = tuple(METHODS)
 
 
 def command(cfg: TrainConfig, out: Path, device: str) -> str:
-    """The ``compactcnn train`` command that reproduces one row."""
+    """The ``compactcnn train`` command that reproduces one row (a method sets the penalty
+    itself, so ``--reg`` is given only for a run without one: the dense row's ``none``)."""
     defaults = TrainConfig()
     parts = ["compactcnn train"]
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if f.name == "reg" or value == getattr(defaults, f.name):
+        if value == getattr(defaults, f.name) or f.name == "reg" and cfg.method is not None:
             continue
         flag = "--" + f.name.replace("_", "-")
         parts.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float)
