@@ -7,8 +7,8 @@ group lasso at the same lam. The live-parameter fraction is the parameter count 
 rebuilt with only its live neurons (what ``compact`` gives) over the dense count. The goal:
 live fractions within a factor of 2 of each other, accuracies within 1 point.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/optimizers.py
-    # the full run: --limit 60000 --epochs 14
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/optimizers.py --lam 1e-4
+    # writes benchmarks/results/optimizers-lam1e-04.md; the full run: --limit 60000 --epochs 14
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from compactcnn.data import load_dataset
 from compactcnn.sparsity import GroupLasso, ProximalOptimizer, neuron_groups
 
-RESULTS = Path(__file__).parent / "results" / "optimizers.md"
+RESULTS = Path(__file__).parent / "results"
 
 OPTIMIZERS: dict[str, tuple[float, Callable[[list[nn.Parameter], float], Optimizer]]] = {
     "SGD": (0.05, lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)),
@@ -127,14 +127,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS),
                         choices=list(OPTIMIZERS))
-    parser.add_argument("--lam", type=float, default=5e-4)
+    parser.add_argument("--lam", type=float, default=1e-4)
     parser.add_argument("--limit", type=int, default=12000, help="training images")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--warmup-epochs", type=float, default=0.5,
                         help="epochs over which lam ramps up from 0")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="default: results/optimizers-lamL.md")
     args = parser.parse_args()
 
     data = load_dataset("fashion-mnist", limit=args.limit, val_fraction=0.0, seed=args.seed)
@@ -146,8 +146,9 @@ def main() -> None:
             f"lam warm-up {args.warmup_epochs:g} epochs, {torch.get_num_threads()} threads\n\n"
             + table(rows, args.lam) + "\n")
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    out = args.out or RESULTS / f"optimizers-lam{args.lam:.0e}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 if __name__ == "__main__":
