@@ -169,13 +169,17 @@ def timed_row(name: str, share: float, timeout: float) -> str:
         child.join()
 
 
-def finished(path: Path) -> dict[str, str]:
-    """Rows of an earlier sweep that completed (failures and timeouts are run again)."""
+def rows(path: Path) -> dict[str, str]:
+    """Every model's row in an earlier sweep's table, by model name."""
     if not path.exists():
         return {}
-    rows = [line for line in path.read_text().splitlines()[2:] if line.startswith("| ")]
-    return {line.split(" | ")[0][2:]: line for line in rows
-            if "FAILED" not in line and "TIMEOUT" not in line}
+    lines = [line for line in path.read_text().splitlines()[2:] if line.startswith("| ")]
+    return {line.split(" | ")[0][2:]: line for line in lines}
+
+
+def finished(path: Path) -> dict[str, str]:
+    """Rows of an earlier sweep that completed (failures and timeouts are run again)."""
+    return {k: v for k, v in rows(path).items() if "FAILED" not in v and "TIMEOUT" not in v}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,16 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tv = load_torchvision()
     names = args.models or tv.models.list_models(module=tv.models)
+    table = rows(args.out)  # a sweep of some models keeps the other models' rows
     done = {} if args.again else finished(args.out)
-    lines, failures = [HEADER], 0
+    failures = 0
     print(HEADER, flush=True)
     for name in names:
         line = done.get(name) or timed_row(name, args.share, args.timeout)
         failures += "FAILED" in line or "TIMEOUT" in line
         print(line, flush=True)
-        lines.append(line)
+        table[name] = line
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")  # after every model: a long sweep shows
+        # after every model, so that a long sweep shows its progress
+        args.out.write_text("\n".join([HEADER, *(table[k] for k in sorted(table))]) + "\n")
     return 1 if failures else 0
 
 
