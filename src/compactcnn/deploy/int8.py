@@ -90,12 +90,14 @@ def predict_int8(model: str | Path | onnxruntime.InferenceSession, x: Tensor) ->
 
 def quantize_int8(model: nn.Module, calibration: Tensor, input_shape: tuple[int, int, int],
                   path: str | Path, batch: int = 32, reduce_range: bool = True
-                  ) -> dict[str, float | int | str]:
+                  ) -> dict[str, float | int | str | bytes]:
     """Export ``model`` to ONNX, quantise it statically to int8, write it to ``path``.
 
     ``calibration`` is a batch of training images (N, *input_shape) that fixes the activation
     ranges; the same images measure the damage. Returns ``bytes`` (the int8 file), ``float_bytes``
-    (the float ONNX file it came from), ``float_exporter`` (which exporter wrote that file, see
+    (the float ONNX file it came from), ``float_onnx`` (that file's bytes, dynamic in the batch:
+    a caller that also wants the float model in ONNX need not export it again, which the dynamo
+    exporter makes slow), ``float_exporter`` (which exporter wrote that file, see
     :class:`compactcnn.deploy.onnx.OnnxExport`) and ``max_logit_diff`` (max |int8 - float|
     logit on the calibration batch). The file is written only once everything has succeeded,
     and atomically.
@@ -118,10 +120,11 @@ def quantize_int8(model: nn.Module, calibration: Tensor, input_shape: tuple[int,
             activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8, reduce_range=reduce_range)
         data = int8_file.read_bytes()
-        float_bytes = float_file.stat().st_size
+        float_onnx = float_file.read_bytes()
         with torch.no_grad():
             want = model(images)
     got = predict_int8(int8_session(data), images)
     atomic_write(path, data)
-    return {"bytes": len(data), "float_bytes": float_bytes, "float_exporter": exported.exporter,
+    return {"bytes": len(data), "float_bytes": len(float_onnx), "float_onnx": float_onnx,
+            "float_exporter": exported.exporter,
             "max_logit_diff": float((got - want).abs().max())}

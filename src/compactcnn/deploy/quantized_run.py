@@ -12,7 +12,6 @@ they cannot be bit-packed and run in torch, on the signs of their latent weights
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from compactcnn.deploy.binaryfile import save_binary
 from compactcnn.deploy.footprint import FLOAT_BYTES, footprint
 from compactcnn.deploy.int8 import quantize_int8
 from compactcnn.deploy.measure import OnnxModel, accuracy, latencies, predictions
-from compactcnn.deploy.onnx import to_onnx
 from compactcnn.deploy.source import Deployable
 from compactcnn.errors import CompactCNNError
 from compactcnn.run.loop import run_epoch
@@ -47,10 +45,7 @@ def quantize_run(src: Deployable, out: Path, calibration: int = DEFAULT_CALIBRAT
     images = src.splits.train.tensors[0][:calibration]
     test_x, test_y = src.splits.test.tensors
     int8 = quantize_int8(src.model, images, src.shape, out, reduce_range=reduce_range)
-    with tempfile.TemporaryDirectory() as tmp:
-        float_file = Path(tmp) / "float.onnx"
-        to_onnx(src.model, src.shape, float_file)
-        float_onnx = OnnxModel(float_file.read_bytes())
+    float_onnx = OnnxModel(int8["float_onnx"])
     int8_onnx = OnnxModel(out.read_bytes())
     want, got = predictions(src.model, test_x), predictions(int8_onnx, test_x)
     table = neuron_table(src.model, src.shape, src.name)
