@@ -1,0 +1,65 @@
+"""Several seeds of the same runs, side by side: mean and spread of each method's accuracy.
+
+One run's accuracy moves by about 0.3 points with the seed, as much as the gaps between
+methods that a comparison is asked to show; a claim about who is ahead needs the mean over
+seeds and its spread. Each argument is ``LABEL=RUN_DIR`` (a finished run folder); runs with
+the same label are seeds of one method.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py \\
+        group=runs/a/group group=runs/b/group torch-pruning=runs/a/torch-pruning ... \\
+        [--out benchmarks/results/seeds.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def read(run: Path) -> dict:
+    report = json.loads((run / "report.json").read_text())
+    dense, compact = report["dense"], report["compact"]
+    return {"seed": report["seed"], "accuracy": 100 * report["accuracy"],
+            "params": compact["params"] / dense["params"],
+            "flops": compact["flops"] / dense["flops"],
+            "widths": "-".join(str(layer["neurons_after"]) for layer in report["layers"])}
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    lines = ["| method | seeds | accuracy per seed | mean | sd | parameters | FLOPs | widths |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, rows in runs.items():
+        acc = [r["accuracy"] for r in rows]
+        cells = [", ".join(str(r["seed"]) for r in rows), ", ".join(f"{a:.2f}" for a in acc),
+                 f"{statistics.mean(acc):.2f}",
+                 f"{statistics.stdev(acc):.2f}" if len(acc) > 1 else "-",
+                 ", ".join(f"{r['params']:.1%}" for r in rows),
+                 ", ".join(f"{r['flops']:.1%}" for r in rows),
+                 ", ".join(r["widths"] for r in rows)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    runs: dict[str, list[dict]] = {}
+    for arg in args.runs:
+        label, _, path = arg.partition("=")
+        if not path:
+            parser.error(f"expected LABEL=RUN_DIR, got {arg!r}")
+        runs.setdefault(label, []).append(read(Path(path)))
+    for rows in runs.values():
+        rows.sort(key=lambda r: r["seed"])
+    text = table(runs)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
