@@ -50,3 +50,27 @@ def test_a_tricky_torchvision_model_compacts_exactly(name):
             across
         expansions = [g for g in report.groups if g.name.endswith(".block.3")]
         assert expansions and all(g.removed == g.dead > 0 for g in expansions)
+
+
+def test_swin_compacts_exactly_past_its_cycle_and_its_channel_last_merge():
+    """torch-pruning 1.6 loops without end on Swin's relative-position bias (a reshape and an
+    expand whose index lists grow eightfold a turn) and raises TypeError on its patch merging
+    (a concatenation of channel-last slices). The adapter bounds the one and makes the other a
+    dead end, so Swin compacts, exactly, the neurons that can be traced."""
+    import torch
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    from compactcnn.surgery import compact
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                            window_size=[4, 4], num_classes=10).eval()
+    zoo.randomize_norms(model, 0)
+    example = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch-pruning on unwrapped parameters
+        killed = zoo.kill(model, example, 0.3)
+        small, report = compact(model, example)
+    assert killed > 0 and sum(g.removed for g in report.groups) > 0
+    assert report.after.total_params < report.before.total_params
+    assert zoo.relative_diff(model, small, 32) <= 1e-5

@@ -97,8 +97,8 @@ def test_group_norm_pruner_still_takes_the_arguments_the_baseline_passes(name):
 
 
 def test_a_graph_torch_pruning_cannot_trace_is_one_clear_error(monkeypatch, capsys):
-    """torch-pruning 1.6 raises TypeError while mapping Swin's patch-merging concatenation
-    (a sweep of torchvision's zoo found it); that must reach users as one line, not a crash."""
+    """Where torch-pruning's tracer gives up with an error the adapter does not expect, that
+    reaches users as one line, not a crash."""
     from compactcnn.cli import main
     from compactcnn.errors import CompactCNNError
     from compactcnn.surgery import compact
@@ -115,3 +115,39 @@ def test_a_graph_torch_pruning_cannot_trace_is_one_clear_error(monkeypatch, caps
     assert main(["groups", "lenet5"]) == 2
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "cannot trace" in err and "Traceback" not in err
+
+
+class _TwoBranches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 6, 3, padding=1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c(torch.cat([self.a(x), self.b(x)], dim=1)))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def test_a_concatenation_whose_widths_torch_pruning_cannot_read_is_a_dead_end(monkeypatch):
+    """In swin_s and swin_b torch-pruning's shape inference gives up past its recursion depth,
+    and the patch-merging concatenation then adds None to an int (TypeError). The adapter
+    makes such a concatenation a dead end: its inputs' neurons stay, every other layer is
+    compacted as usual, and the outputs are unchanged."""
+    from torch_pruning.dependency import shape_infer
+
+    from compactcnn.surgery import compact
+    from tests.compaction_helpers import max_diff
+
+    original = shape_infer.infer_channels_between
+    monkeypatch.setattr(shape_infer, "infer_channels_between", lambda graph, n, target: None
+                        if target.type == tp.ops.OPTYPE.CONCAT else original(graph, n, target))
+    torch.manual_seed(0)
+    model = _TwoBranches().eval()
+    with torch.no_grad():
+        for conv in (model.a, model.c):
+            conv.weight[:2] = 0.0
+            conv.bias[:2] = 0.0
+    small, report = compact(model, (3, 8, 8))
+    assert (small.a.out_channels, small.c.out_channels) == (4, 4)
+    assert max_diff(model, small, (3, 8, 8)) <= 1e-6

@@ -54,9 +54,9 @@ def dependency_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGr
         try:
             return _Graph().build_dependency(model, example_inputs=example_input)
         except (TypeError, IndexError, KeyError, ValueError, AttributeError) as e:
-            # torch-pruning's tracer gives up on some graphs (Swin's patch merging: a
-            # concatenation of channel-last slices whose widths it cannot read): the model
-            # has no neuron groups we can trust, which is said in one line, not a traceback.
+            # torch-pruning's tracer gives up on some graphs that _tolerant_reshapes does not
+            # cover: the model has no neuron groups we can trust, which is said in one line,
+            # not a traceback.
             raise CompactCNNError(
                 f"torch-pruning {tp.__version__} cannot trace this model's channel "
                 f"dependencies ({type(e).__name__}: {e}), so its neurons cannot be grouped "
@@ -81,8 +81,13 @@ class _Graph(tp.DependencyGraph):
 
     def get_pruning_group(self, *args, **kwargs):
         _map_flattened_concats(self)
-        with _tolerant_reshapes(self.unmapped):
+        with _tolerant_reshapes(self.unmapped), _bounded_flattens(self.widest):
             return super().get_pruning_group(*args, **kwargs)
+
+    @property
+    def widest(self) -> int:
+        """The longest dimension of any parameter: no channel index reaches past it."""
+        return max((max(p.shape) for p in self.model.parameters() if p.dim()), default=1)
 
     def get_all_groups(self, ignored_layers=(), root_module_types=()):
         """torch-pruning's groups, except that a layer whose group it cannot build (its index
@@ -142,9 +147,10 @@ def _downstream_first(module2node: dict) -> list:
 @contextmanager
 def _tolerant_reshapes(unmapped: set) -> Iterator[None]:
     """torch-pruning (1.6) divides by zero on a reshape whose channels it cannot infer (the
-    view of a channel shuffle, as in ShuffleNet), and its index lists explode past it. Such a
-    reshape is added to ``unmapped`` and made a dead end: groups reach it and stop there (see
-    :func:`through_unmapped`)."""
+    view of a channel shuffle, as in ShuffleNet), and its index lists explode past it; it
+    adds None to an int on a concatenation whose inputs' widths it cannot infer (Swin's patch
+    merging, four channel-last slices side by side). Such a node is added to ``unmapped`` and
+    made a dead end: groups reach it and stop there (see :func:`through_unmapped`)."""
     from torch_pruning.dependency import index_mapping
 
     original = index_mapping.update_reshape_index_mapping
@@ -161,11 +167,48 @@ def _tolerant_reshapes(unmapped: set) -> Iterator[None]:
             unmapped.add(node)
             node.dependencies.clear()
 
+    original_cat = index_mapping.update_concat_index_mapping
+
+    def tolerant_cat(graph, node):
+        if node in unmapped:
+            return
+        try:
+            original_cat(graph, node)
+        except TypeError:  # an input whose width it cannot read (Swin's channel-last merge)
+            unmapped.add(node)
+            node.dependencies.clear()
+
     index_mapping.update_reshape_index_mapping = tolerant
+    index_mapping.update_concat_index_mapping = tolerant_cat
     try:
         yield
     finally:
         index_mapping.update_reshape_index_mapping = original
+        index_mapping.update_concat_index_mapping = original_cat
+
+
+@contextmanager
+def _bounded_flattens(limit: int) -> Iterator[None]:
+    """torch-pruning (1.6) can walk a cycle of a reshape and an expand (Swin's relative
+    position bias), multiplying its index list by the flatten stride on every turn, without
+    end. An index list longer than any dimension of any parameter cannot name channels, so it
+    is refused there, and the group's root is left ungrouped (see ``get_all_groups``)."""
+    from torch_pruning.dependency import index_mapping
+
+    cls = index_mapping._FlattenIndexMapping
+    original = cls.__call__
+
+    def bounded(self, idxs):
+        out = original(self, idxs)
+        if len(out) > limit:
+            raise RuntimeError(f"torch-pruning's index list grew to {len(out)} channels")
+        return out
+
+    cls.__call__ = bounded
+    try:
+        yield
+    finally:
+        cls.__call__ = original
 
 
 def _splits_channels(grad_fn) -> bool:
