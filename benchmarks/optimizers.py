@@ -62,6 +62,7 @@ class Run:
     accuracy: float
     live: float
     seconds: float
+    neurons: str  # live neurons of conv1-conv2-fc1
 
 
 def train(name: str, lam: float, data, args: argparse.Namespace) -> Run:
@@ -86,7 +87,8 @@ def train(name: str, lam: float, data, args: argparse.Namespace) -> Run:
             opt.step()
         scheduler.step()
     seconds = time.perf_counter() - start
-    return Run(evaluate(model, *data.test.tensors), live_fraction(model), seconds)
+    return Run(evaluate(model, *data.test.tensors), live_fraction(model), seconds,
+               "-".join(str(live(layer)) for layer in (model.conv1, model.conv2, model.fc1)))
 
 
 @torch.no_grad()
@@ -97,15 +99,17 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     return correct / len(labels)
 
 
+def live(layer: nn.Module) -> int:
+    """Neurons with a nonzero weight (a dead neuron is all zero after group lasso)."""
+    return int(layer.weight.detach().flatten(1).ne(0).any(dim=1).sum())
+
+
 def live_fraction(model: ExampleNet) -> float:
     """Parameters of the network with only its live neurons, over the dense count.
 
     Counted layer by layer from the live neurons (a dead neuron is all zero, bias included,
     after group lasso), so the benchmark does not depend on the surgery package.
     """
-    def live(layer: nn.Module) -> int:
-        return int(layer.weight.detach().flatten(1).ne(0).any(dim=1).sum())
-
     def size(c1: int, c2: int, f1: int) -> int:
         pooled = 12 * 12  # 28 -> 26 -> 24 after two 3x3 convolutions, halved by the pool
         return (c1 * 9 + c1) + (c2 * c1 * 9 + c2) + (f1 * c2 * pooled + f1) + (10 * f1 + 10)
@@ -115,10 +119,11 @@ def live_fraction(model: ExampleNet) -> float:
 
 def table(rows: list[tuple[str, Run, Run]], lam: float) -> str:
     lines = [f"| optimizer | lr | dense acc | sparse acc (lam {lam:g}) | live parameters | "
-             "seconds (dense / sparse) |", "|---|---|---|---|---|---|"]
+             "live neurons (conv1-conv2-fc1) | seconds (dense / sparse) |",
+             "|---|---|---|---|---|---|---|"]
     for name, dense, sparse in rows:
         lines.append(f"| {name} | {OPTIMIZERS[name][0]:g} | {dense.accuracy:.2%} | "
-                     f"{sparse.accuracy:.2%} | {sparse.live:.1%} | "
+                     f"{sparse.accuracy:.2%} | {sparse.live:.1%} | {sparse.neurons} | "
                      f"{dense.seconds:.0f} / {sparse.seconds:.0f} |")
     return "\n".join(lines)
 
