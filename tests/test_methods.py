@@ -88,8 +88,9 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     for name in ("group", "l1-filter", "scratch", "uniform"):
         assert rows[name]["params"] <= 0.2 * rows[name]["dense_params"]
         assert f"--method {name}" in rows[name]["command"]
+    assert "--reg none" in rows["dense"]["command"]
     for row in first["rows"]:  # each row's command gives that row's run, the dense one too
-        if "command" in row and "config" in row:
+        if "config" in row:
             args = build_parser().parse_args(shlex.split(row["command"])[1:])
             assert config_from(args) == TrainConfig(**row["config"]), row["method"]
     saved = json.loads((tmp_path / "compare.json").read_text())
