@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from compactcnn.inputs import Example, as_input
 from compactcnn.layers import follower_types, holds_neurons
 from compactcnn.sparsity.neurons import NeuronGroup, Slice
-from compactcnn.sparsity.norm_paths import silenced_by_norms
-from compactcnn.sparsity.tp_adapter import removes_inputs, removes_outputs, tp_groups
+from compactcnn.sparsity.norm_paths import has_scales, silenced_by_norms
+from compactcnn.sparsity.tp_adapter import reach_mask, removes_inputs, removes_outputs, tp_groups
 
 
 def _index(root_idxs: Sequence[int], idxs: Sequence[int], size: int) -> Tensor | None:
@@ -127,13 +127,12 @@ def _silenced_by_scale(g, members: list[int]) -> Tensor:
     producers, norms = [], {}
     for item in g:
         module = item.dep.target.module
-        reached = torch.zeros(size, dtype=torch.bool)
-        reached[torch.tensor(item.root_idxs, dtype=torch.long)] = True
         if holds_neurons(module) and removes_outputs(item.dep):
-            producers.append((item.dep.target, reached, torch.zeros(size, dtype=torch.bool)))
-        elif isinstance(module, follower_types()) and not isinstance(module, nn.PReLU) \
-                and getattr(module, "weight", None) is not None and module.weight.dim() == 1:
-            norms[module] = norms.get(module, torch.zeros(size, dtype=torch.bool)) | reached
+            producers.append((item.dep.target, reach_mask(item, size),
+                              torch.zeros(size, dtype=torch.bool)))
+        elif has_scales(module):
+            norms[module] = norms.get(module, torch.zeros(size, dtype=torch.bool)) \
+                | reach_mask(item, size)
     return silenced_by_norms(producers, norms, size)[torch.tensor(members, dtype=torch.long)]
 
 

@@ -12,7 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from compactcnn.layers import holds_neurons
+from compactcnn.layers import follower_types, holds_neurons
+
+
+def has_scales(module: nn.Module) -> bool:
+    """Whether ``module`` is a norm with one scale per channel, whose zero kills (a PReLU's
+    slope is not a scale)."""
+    return isinstance(module, follower_types()) and not isinstance(module, nn.PReLU) \
+        and getattr(module, "weight", None) is not None and module.weight.dim() == 1
 
 
 def behind_norms(node, norms: dict[nn.Module, Tensor], size: int) -> Tensor:

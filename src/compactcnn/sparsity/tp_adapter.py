@@ -77,17 +77,15 @@ class _Graph(tp.DependencyGraph):
     def build_dependency(self, *args, **kwargs):
         self.unmapped: set = set()
         with _tolerant_reshapes(self.unmapped):
-            return super().build_dependency(*args, **kwargs)
+            graph = super().build_dependency(*args, **kwargs)
+        # The longest dimension of any parameter: no channel index reaches past it.
+        self.widest = max((max(p.shape) for p in self.model.parameters() if p.dim()), default=1)
+        return graph
 
     def get_pruning_group(self, *args, **kwargs):
         _map_flattened_concats(self)
         with _tolerant_reshapes(self.unmapped), _bounded_flattens(self.widest):
             return super().get_pruning_group(*args, **kwargs)
-
-    @property
-    def widest(self) -> int:
-        """The longest dimension of any parameter: no channel index reaches past it."""
-        return max((max(p.shape) for p in self.model.parameters() if p.dim()), default=1)
 
     def get_all_groups(self, ignored_layers=(), root_module_types=()):
         """torch-pruning's groups, except that a layer whose group it cannot build (its index
@@ -317,6 +315,14 @@ def removes_outputs(dep) -> bool:
 def removes_inputs(dep) -> bool:
     """Whether a dependency cuts a conv or linear layer's input channels."""
     return dep.handler in _IN
+
+
+def reach_mask(item, size: int) -> Tensor:
+    """``[size]``: which of its group's ``size`` root neurons a group item reaches (all of
+    them, or, for an input of a concatenation that a later layer couples, its own)."""
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[torch.tensor(item.root_idxs, dtype=torch.long)] = True
+    return mask
 
 
 def group_of(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int]):

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from compactcnn.layers import follower_types, holds_neurons
+from compactcnn.layers import holds_neurons
 from compactcnn.sparsity.neurons import dead_rows
-from compactcnn.sparsity.norm_paths import silenced_by_norms
-from compactcnn.sparsity.tp_adapter import removes_inputs
+from compactcnn.sparsity.norm_paths import has_scales, silenced_by_norms
+from compactcnn.sparsity.tp_adapter import reach_mask, removes_inputs
 
 
 def root_rows(item) -> tuple[Tensor, Tensor]:
@@ -37,9 +37,7 @@ def _per_neuron(item, param: Tensor, size: int) -> tuple[Tensor, Tensor]:
     values = param.detach().index_select(0, rows).reshape(rows.numel(), -1).abs()
     matrix = torch.zeros(size, values.shape[1], dtype=values.dtype)
     matrix.index_add_(0, roots, values)
-    reached = torch.zeros(size, dtype=torch.bool)
-    reached[roots] = True
-    return matrix, reached
+    return matrix, reach_mask(item, size)
 
 
 def dead_neurons(group, size: int) -> tuple[Tensor, Tensor]:
@@ -55,8 +53,7 @@ def dead_neurons(group, size: int) -> tuple[Tensor, Tensor]:
             continue
         if holds_neurons(m):
             side, param = "weight", m.weight
-        elif isinstance(m, follower_types()) and not isinstance(m, nn.PReLU) \
-                and getattr(m, "weight", None) is not None and m.weight.dim() == 1:
+        elif has_scales(m):
             side, param = "scale", m.weight
         else:
             continue

@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from compactcnn.errors import CompactCNNError
 from compactcnn.layers import holds_neurons
 from compactcnn.sparsity.neurons import dead_rows
-from compactcnn.sparsity.tp_adapter import grouped_conv_blocks, removes_inputs, through_unmapped
+from compactcnn.sparsity.tp_adapter import (
+    grouped_conv_blocks,
+    reach_mask,
+    removes_inputs,
+    through_unmapped,
+)
 from compactcnn.surgery.across import mixed_neurons, reaches_untraced, untraced_norms
 from compactcnn.surgery.candidates import dead_neurons
 from compactcnn.surgery.edits import balance
@@ -87,13 +92,14 @@ class Planner:
         """Each layer that produces the group's neurons, in model order, and which of the
         group's neurons it produces: all of them, or, side by side with the other inputs of a
         concatenation that a later layer couples, its own."""
-        reached: dict[str, Tensor] = {}
+        masks: dict[str, Tensor] = {}
         for item in group:
             m = item.dep.target.module
             if holds_neurons(m) and not removes_inputs(item.dep):
-                mask = reached.setdefault(self.names[m], torch.zeros(size, dtype=torch.bool))
-                mask[torch.tensor(item.root_idxs, dtype=torch.long)] = True
-        return sorted(reached.items(), key=lambda kv: self.order[kv[0]])
+                name = self.names[m]
+                masks[name] = masks.get(name, torch.zeros(size, dtype=torch.bool)) \
+                    | reach_mask(item, size)
+        return sorted(masks.items(), key=lambda kv: self.order[kv[0]])
 
     def _even(self, go: Tensor, blocks: list[Tensor], producers: list[tuple[str, Tensor]],
               outcome: GroupOutcome) -> list[int]:
