@@ -16,6 +16,7 @@ from compactcnn.methods import METHODS
 from compactcnn.run.compare import compare
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.pipeline import run
+from compactcnn.run.report import summary
 from compactcnn.run.toml import config_from
 from tests.cli_helpers import interrupt_second_epoch
 
@@ -47,6 +48,28 @@ def test_every_method_meets_its_budget_and_reports_the_model_it_saved(method, tm
     assert result["compact"]["params"] == round(reached * result["dense"]["params"])
     assert result["max_abs_output_diff"] <= 1e-5
     assert result["method"] == method
+    # Every removed neuron was either dead when the sparse phase ended or chosen at selection.
+    s = result["selection"]
+    removed = sum(layer["neurons_before"] - layer["neurons_after"] for layer in result["layers"])
+    assert not result["kept"]
+    assert s["dead_in_training"] + s["chosen_at_selection"] == removed > 0
+    assert s["sparse_steps"] == (0 if method in ("scratch", "uniform") else 4)
+
+
+def test_the_report_says_when_our_penalty_removed_less_than_the_trim():
+    base = {"model": "lenet5", "data": "synthetic", "reg": "group", "lam": 1e-4, "epochs": 2,
+            "train_seconds": 1.0, "dense": {"params": 100}, "compact": {"params": 10},
+            "accuracy": 0.5, "max_abs_output_diff": 0.0, "layers": []}
+    mostly_trim = {"sparse_steps": 4, "dead_in_training": 1, "chosen_at_selection": 9,
+                   "brought_back": 2}
+    text = summary(base | {"method": "group", "selection": mostly_trim})
+    assert "removed: 1 neuron(s) dead when the sparse phase ended, 9 chosen at the selection " \
+           "point, 2 dead one(s) brought back" in text
+    assert "4 sparse steps were too few" in text
+    # Another method's removals are all chosen at selection: no note.
+    assert "too few" not in summary(base | {"method": "torch-pruning", "selection": mostly_trim})
+    mostly_penalty = mostly_trim | {"dead_in_training": 9, "chosen_at_selection": 1}
+    assert "too few" not in summary(base | {"method": "group", "selection": mostly_penalty})
 
 
 def test_a_budget_met_at_the_start_kills_nothing(tmp_path):

@@ -10,6 +10,8 @@ is compact by design (``methods/by_design.py``) builds its network in ``attach``
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from torch import nn
 
@@ -17,7 +19,7 @@ from compactcnn.errors import CompactCNNError
 from compactcnn.methods import Context, method
 from compactcnn.methods.budget import CostModel
 from compactcnn.methods.by_design import DESIGNED, ByDesign, design_report
-from compactcnn.methods.selection import kill
+from compactcnn.methods.selection import Masks, current_dead, kill
 from compactcnn.run.config import parse_widths
 from compactcnn.run.optimizers import batches_per_epoch
 from compactcnn.sparsity.groups import neuron_groups
@@ -60,13 +62,21 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, cfg, splits) -> C
     return ctx
 
 
-def select_and_compact(ctx: Context, cfg) -> tuple[nn.Module, nn.Module, CompactionReport]:
-    """(the sparse model with the method's dead neurons zeroed, its compaction, the report)."""
+class Selected(NamedTuple):
+    sparse: nn.Module  # the trained model with the method's dead neurons zeroed
+    small: nn.Module  # its compaction
+    outcome: CompactionReport
+    selection: dict[str, Any] | None  # selection_counts(), for a method that selects
+
+
+def select_and_compact(ctx: Context, cfg) -> Selected:
+    """End the sparse phase: the method selects, the selected neurons die, compaction."""
     m = method(cfg.method_name)
     if DESIGNED in ctx.tools:
         designed = ctx.tools[DESIGNED].eval()
-        return ctx.model.cpu().eval(), designed, design_report(ctx.model.cpu(), designed,
-                                                               ctx.example.cpu())
+        return Selected(ctx.model.cpu().eval(), designed,
+                        design_report(ctx.model.cpu(), designed, ctx.example.cpu()), None)
+    trained = current_dead(ctx.groups)
     dead = m.select(ctx)
     kill(ctx.groups, dead)
     sparse = ctx.model.cpu().eval()
@@ -76,7 +86,24 @@ def select_and_compact(ctx: Context, cfg) -> tuple[nn.Module, nn.Module, Compact
         for module in small.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    return sparse, small, outcome
+    return Selected(sparse, small, outcome, selection_counts(trained, dead, ctx.prune_steps))
+
+
+def selection_counts(trained: Masks, selected: Masks, steps: int) -> dict[str, int]:
+    """Where the removed neurons came from: dead when the sparse phase ended (our penalty's
+    exact zeros) or chosen at the selection point; and the dead ones the selection brought back.
+
+    A proximal run whose removals come mostly from the selection did not have the steps to
+    reach the budget by the penalty (the report says so): a one-shot trim by norm then did
+    the work, which is a different method from the paper's.
+    """
+    def total(masks: Masks) -> int:
+        return sum(int(m.sum()) for m in masks)
+
+    return {"sparse_steps": steps,
+            "dead_in_training": total([t & s for t, s in zip(trained, selected, strict=True)]),
+            "chosen_at_selection": total([s & ~t for t, s in zip(trained, selected, strict=True)]),
+            "brought_back": total([t & ~s for t, s in zip(trained, selected, strict=True)])}
 
 
 def reached(ctx: Context, small: nn.Module) -> dict[str, float]:

@@ -60,8 +60,9 @@ def run(cfg: TrainConfig, out: Path, resuming: bool = False,
 
 def _finish(session: Session, out: Path, device: torch.device) -> dict[str, Any]:
     cfg, splits = session.cfg, session.splits
+    selection = None
     if session.ctx is not None:
-        sparse, small, outcome = select_and_compact(session.ctx, cfg)
+        sparse, small, outcome, selection = select_and_compact(session.ctx, cfg)
     else:
         sparse = session.model.cpu().eval()
         small, outcome = compact(sparse, splits.test[:2][0])
@@ -95,5 +96,7 @@ def _finish(session: Session, out: Path, device: torch.device) -> dict[str, Any]
     } | summary
     if session.ctx is not None:
         result["budget"] = {"target": cfg.target, "reached": reached(session.ctx, small)}
+    if selection is not None:
+        result["selection"] = selection
     report.write(result, out)
     return result

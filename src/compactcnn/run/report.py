@@ -13,6 +13,7 @@ from typing import Any
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.files.atomic import atomic_write
+from compactcnn.methods import OURS
 from compactcnn.run.plots import plots
 from compactcnn.run.rundir import REPORT, REPORT_MD, run_file
 
@@ -73,7 +74,24 @@ def summary(r: dict[str, Any]) -> str:
                      f"{layer['neurons_after']:>8}")
     for reason, n in r.get("kept", {}).items():
         lines.append(f"kept {n} dead neuron(s): {reason}")
+    lines.extend(_selection(r))
     return "\n".join(lines)
+
+
+def _selection(r: dict[str, Any]) -> list[str]:
+    """Where a budgeted run's removed neurons came from, and a warning when our penalty did
+    less than the selection's trim (its sparse phase was too short for the lam controller)."""
+    s = r.get("selection")
+    if not s:
+        return []
+    lines = [f"removed: {s['dead_in_training']} neuron(s) dead when the sparse phase ended, "
+             f"{s['chosen_at_selection']} chosen at the selection point"
+             + (f", {s['brought_back']} dead one(s) brought back" if s["brought_back"] else "")]
+    if r.get("method") in OURS and s["chosen_at_selection"] > s["dead_in_training"]:
+        lines.append(f"note: the penalty removed fewer neurons than the selection's trim by "
+                     f"norm: {s['sparse_steps']} sparse steps were too few for the lam "
+                     "controller; more --epochs or a larger --prune-fraction give it room")
+    return lines
 
 
 _ABSENT = {"input": "-", "output": "-", "params": "-"}
