@@ -66,10 +66,12 @@ def test_the_report_says_when_our_penalty_removed_less_than_the_trim():
     assert "removed: 1 neuron(s) dead when the sparse phase ended, 9 chosen at the selection " \
            "point, 2 dead one(s) brought back" in text
     assert "4 sparse steps were too few" in text
+    assert "overshot the budget; 2 dead neuron(s) came back" in text
     # Another method's removals are all chosen at selection: no note.
-    assert "too few" not in summary(base | {"method": "torch-pruning", "selection": mostly_trim})
-    mostly_penalty = mostly_trim | {"dead_in_training": 9, "chosen_at_selection": 1}
-    assert "too few" not in summary(base | {"method": "group", "selection": mostly_penalty})
+    assert "note:" not in summary(base | {"method": "torch-pruning", "selection": mostly_trim})
+    mostly_penalty = mostly_trim | {"dead_in_training": 9, "chosen_at_selection": 1,
+                                    "brought_back": 0}
+    assert "note:" not in summary(base | {"method": "group", "selection": mostly_penalty})
 
 
 def test_a_budget_met_at_the_start_kills_nothing(tmp_path):

@@ -87,10 +87,15 @@ def _selection(r: dict[str, Any]) -> list[str]:
     lines = [f"removed: {s['dead_in_training']} neuron(s) dead when the sparse phase ended, "
              f"{s['chosen_at_selection']} chosen at the selection point"
              + (f", {s['brought_back']} dead one(s) brought back" if s["brought_back"] else "")]
-    if r.get("method") in OURS and s["chosen_at_selection"] > s["dead_in_training"]:
+    if r.get("method") not in OURS:
+        return lines
+    if s["chosen_at_selection"] > s["dead_in_training"]:
         lines.append(f"note: the penalty removed fewer neurons than the selection's trim by "
                      f"norm: {s['sparse_steps']} sparse steps were too few for the lam "
                      "controller; more --epochs or a larger --prune-fraction give it room")
+    if s["brought_back"]:
+        lines.append(f"note: the lam controller overshot the budget; {s['brought_back']} dead "
+                     "neuron(s) came back, freshly initialised, to fill it")
     return lines
 
 
