@@ -68,7 +68,8 @@ def test_the_report_says_when_our_penalty_removed_less_than_the_trim():
     assert "4 sparse steps were too few" in text
     assert "overshot the budget; 2 dead neuron(s) came back" in text
     # Another method's removals are all chosen at selection: no note.
-    assert "note:" not in summary(base | {"method": "torch-pruning", "selection": mostly_trim})
+    assert "note:" not in summary(base | {"method": "torch-pruning", "reg": "none",
+                                          "selection": mostly_trim})
     mostly_penalty = mostly_trim | {"dead_in_training": 9, "chosen_at_selection": 1,
                                     "brought_back": 0}
     assert "note:" not in summary(base | {"method": "group", "selection": mostly_penalty})

@@ -13,7 +13,6 @@ from typing import Any
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.files.atomic import atomic_write
-from compactcnn.methods import OURS
 from compactcnn.run.plots import plots
 from compactcnn.run.rundir import REPORT, REPORT_MD, run_file
 
@@ -87,7 +86,7 @@ def _selection(r: dict[str, Any]) -> list[str]:
     lines = [f"removed: {s['dead_in_training']} neuron(s) dead when the sparse phase ended, "
              f"{s['chosen_at_selection']} chosen at the selection point"
              + (f", {s['brought_back']} dead one(s) brought back" if s["brought_back"] else "")]
-    if r.get("method") not in OURS:
+    if r.get("reg", "none") == "none":  # no penalty trained: every removal is the selection's
         return lines
     if s["chosen_at_selection"] > s["dead_in_training"]:
         lines.append(f"note: the penalty removed fewer neurons than the selection's trim by "
