@@ -9,6 +9,7 @@ import torch
 from compactcnn import models
 from compactcnn.methods.budget import Budget, CostModel
 from compactcnn.methods.controller import GAIN, INTERVAL, LamController
+from compactcnn.methods.selection import current_dead, greedy, kill
 from compactcnn.sparsity import neuron_groups
 
 
@@ -66,3 +67,54 @@ def test_lam_holds_and_the_path_waits_while_the_learning_rate_warms_up():
     assert c.multiplier == 1.0 and c.planned(299) == {"params": 1.0}
     assert c.update(300) is not None and c.multiplier == GAIN
     assert c.planned(1000) == {"params": 0.1}
+
+
+def _meet_the_budget(c: LamController) -> list[torch.Tensor]:
+    """Kill the lowest-norm neurons until the live network meets the budget, as lam would."""
+    dead = greedy(c.cost, c.budget, [g.norms().cpu() for g in c.cost.groups])
+    kill(c.cost.groups, dead)
+    return dead
+
+
+def test_the_architecture_freezes_when_the_budget_is_met():
+    c = _controller(1000)
+    c.update(0)
+    c.after_step(1)  # above the budget: it steers
+    assert c.frozen is None and c(1) == c.multiplier > 0
+    dead = _meet_the_budget(c)
+    c.after_step(2)
+    assert c(2) == 0.0  # lam stops
+    with torch.no_grad():  # a base step moves every neuron, the dead ones too
+        for g in c.cost.groups:
+            g.write(g.matrix() + 0.01)
+    live_before = [g.matrix()[~d].clone() for g, d in zip(c.cost.groups, dead, strict=True)]
+    c.after_step(3)
+    for g, d, before in zip(c.cost.groups, dead, live_before, strict=True):
+        assert bool((g.matrix()[d] == 0).all())  # the frozen dead stay exactly zero
+        assert torch.equal(g.matrix()[~d], before)  # the survivors keep their step
+    assert [m.tolist() for m in current_dead(c.cost.groups)] == [m.tolist() for m in dead]
+
+
+def test_a_restored_controller_holds_the_same_frozen_neurons():
+    c = _controller(1000)
+    dead = _meet_the_budget(c)
+    c.after_step(1)
+    twin = _controller(1000)
+    twin.cost.groups[:] = c.cost.groups
+    twin.load_state_dict(copy.deepcopy(c.state_dict()))
+    with torch.no_grad():
+        for g in twin.cost.groups:
+            g.write(g.matrix() + 0.01)
+    twin.after_step(2)
+    assert twin(2) == 0.0
+    assert [m.tolist() for m in current_dead(twin.cost.groups)] == [m.tolist() for m in dead]
+
+
+def test_a_low_rank_run_keeps_steering_at_the_budget():
+    torch.manual_seed(0)
+    model = models.create("lenet5")
+    cost = CostModel(model, (1, 28, 28), neuron_groups(model, (1, 28, 28)), ranked=True)
+    c = LamController(cost, Budget(params=0.1), steps=1000)
+    _meet_the_budget(c)
+    c.after_step(0)
+    assert c.frozen is None and c(0) == c.multiplier > 0

@@ -2,14 +2,16 @@
 
 The run's penalty (group, sparse-group, low-rank or group+low-rank) trains from the start; a
 :class:`~compactcnn.methods.controller.LamController` moves lam so that the live network
-follows a path to the budget, reached at 80% of the sparse phase; at the selection point the
-few neurons still above the budget are trimmed (smallest group norm relative to its layer's
-live neurons first, so that layers of different widths compare); if the controller overshot and
-the network is more than 2% below the budget, dead neurons come back, freshly initialised, in
-the layers that lost the largest share, while the budget holds; under a low-rank penalty the
-overshoot lies in the ranks, so fresh directions come back too, in the factorised layers that
-kept the smallest share of their rank. The surviving architecture is
-frozen and trained for the remaining epochs.
+follows a path to the budget, reached at 80% of the sparse phase. At the first step at which
+the live network meets the budget the architecture freezes (lam stops, the dead stay dead) and
+the survivors train on without the penalty. At the selection point the few neurons still above
+the budget are trimmed (smallest group norm relative to its layer's live neurons first, so
+that layers of different widths compare); if the network is more than 2% below the budget
+(a step killed more than the budget needed), dead neurons come back, freshly initialised, in
+the layers that lost the largest share, while the budget holds; under a low-rank penalty,
+which does not freeze, an overshoot lies in the ranks, so fresh directions come back too, in
+the factorised layers that kept the smallest share of their rank. The surviving architecture
+trains for the remaining epochs.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Proximal(Method):
                                    balance=ctx.balance)
         ctx.optimizer.schedule = controller
         ctx.optimizer.weights = controller.weights
-        ctx.optimizer.register_step_post_hook(lambda opt, *_: controller.update(opt.steps))
+        ctx.optimizer.register_step_post_hook(lambda opt, *_: controller.after_step(opt.steps))
         ctx.state["controller"] = controller
 
     def select(self, ctx: Context) -> Masks:
