@@ -7,6 +7,7 @@ import copy
 import torch
 
 from compactcnn import models
+from compactcnn.files import checkpoint as checkpoint_file
 from compactcnn.methods.budget import Budget, CostModel
 from compactcnn.methods.controller import GAIN, INTERVAL, LamController
 from compactcnn.methods.selection import current_dead, greedy, kill
@@ -95,13 +96,14 @@ def test_the_architecture_freezes_when_the_budget_is_met():
     assert [m.tolist() for m in current_dead(c.cost.groups)] == [m.tolist() for m in dead]
 
 
-def test_a_restored_controller_holds_the_same_frozen_neurons():
+def test_a_restored_controller_holds_the_same_frozen_neurons(tmp_path):
     c = _controller(1000)
     dead = _meet_the_budget(c)
     c.after_step(1)
+    checkpoint_file.save(tmp_path / "ckpt", {"method": {"controller": c.state_dict()}})
     twin = _controller(1000)
     twin.cost.groups[:] = c.cost.groups
-    twin.load_state_dict(copy.deepcopy(c.state_dict()))
+    twin.load_state_dict(checkpoint_file.load(tmp_path / "ckpt")["method"]["controller"])
     with torch.no_grad():
         for g in twin.cost.groups:
             g.write(g.matrix() + 0.01)

@@ -58,7 +58,7 @@ class LamController:
     step, so the survivors train without the penalty and nothing more dies. Without it, lam,
     high from following the path, came down by 1.15 every 10 steps while the neurons it had
     set falling kept dying: vgg_small (full data, 4 epochs, 10%) met the budget at step 667
-    and was at 5.6% by step 797, and the selection then brought 86 neurons back freshly
+    and was at 5.6% by step 797, and the selection then brought 76 neurons back freshly
     initialised. A low-rank run does not freeze (its ranks cannot be held by a mask); its
     controller keeps steering.
     """
