@@ -77,6 +77,13 @@ def _meet_the_budget(c: LamController) -> list[torch.Tensor]:
     return dead
 
 
+def _move_every_neuron(c: LamController) -> None:
+    """What a base step does: every neuron moves, the dead ones too."""
+    with torch.no_grad():
+        for g in c.cost.groups:
+            g.write(g.matrix() + 0.01)
+
+
 def test_the_architecture_freezes_when_the_budget_is_met():
     c = _controller(1000)
     c.update(0)
@@ -85,9 +92,7 @@ def test_the_architecture_freezes_when_the_budget_is_met():
     dead = _meet_the_budget(c)
     c.after_step(2)
     assert c(2) == 0.0  # lam stops
-    with torch.no_grad():  # a base step moves every neuron, the dead ones too
-        for g in c.cost.groups:
-            g.write(g.matrix() + 0.01)
+    _move_every_neuron(c)
     live_before = [g.matrix()[~d].clone() for g, d in zip(c.cost.groups, dead, strict=True)]
     c.after_step(3)
     for g, d, before in zip(c.cost.groups, dead, live_before, strict=True):
@@ -104,9 +109,7 @@ def test_a_restored_controller_holds_the_same_frozen_neurons(tmp_path):
     twin = _controller(1000)
     twin.cost.groups[:] = c.cost.groups
     twin.load_state_dict(checkpoint_file.load(tmp_path / "ckpt")["method"]["controller"])
-    with torch.no_grad():
-        for g in twin.cost.groups:
-            g.write(g.matrix() + 0.01)
+    _move_every_neuron(twin)
     twin.after_step(2)
     assert twin(2) == 0.0
     assert [m.tolist() for m in current_dead(twin.cost.groups)] == [m.tolist() for m in dead]

@@ -72,8 +72,7 @@ class LamController:
     balance: str = "none"
     weights: list[float] = field(default_factory=list)  # per group; ProximalOptimizer.weights
     norms: list[list[float]] | None = None  # each group's norms at the last decision
-    frozen: list[list[int]] | None = None  # the neurons dead when the budget was met, per group
-    _masks: list[Tensor] | None = field(default=None, init=False, repr=False)  # frozen, as masks
+    frozen: list[Tensor] | None = None  # per group, the dead mask when the budget was met
 
     def __post_init__(self) -> None:
         self.weights[:] = balance_weights(self.cost, self.budget, self.balance)
@@ -85,21 +84,13 @@ class LamController:
     def after_step(self, step: int) -> None:
         """The optimizer's post-step hook: hold a frozen architecture, freeze it at the
         budget, or steer."""
-        if self.frozen is not None:
-            self._hold()
+        if self.frozen is not None:  # the base step's gradient moved the dead: zero them again
+            kill(self.cost.groups, self.frozen)
         elif not self.cost.ranked() and self.budget.met(self.cost.fractions(
                 self.cost.dead_counts())):
-            self.frozen = [m.nonzero().flatten().tolist() for m in current_dead(self.cost.groups)]
+            self.frozen = current_dead(self.cost.groups)
         else:
             self.update(step)
-
-    def _hold(self) -> None:
-        """Zero the frozen dead neurons again: the base step's gradient moved them."""
-        if self._masks is None:
-            self._masks = [torch.zeros(g.size, dtype=torch.bool) for g in self.cost.groups]
-            for mask, dead in zip(self._masks, self.frozen, strict=True):
-                mask[dead] = True
-        kill(self.cost.groups, self._masks)
 
     def planned(self, step: int) -> dict[str, float]:
         """The size the path asks for at ``step``, per metric of the budget."""
@@ -135,7 +126,8 @@ class LamController:
 
     def state_dict(self) -> dict[str, Any]:
         return {"multiplier": self.multiplier, "weights": list(self.weights),
-                "norms": self.norms, "frozen": self.frozen}
+                "norms": self.norms, "frozen": None if self.frozen is None
+                else [m.nonzero().flatten().tolist() for m in self.frozen]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         value = float(state["multiplier"])
@@ -145,5 +137,8 @@ class LamController:
         if "weights" in state:  # in place: the optimizer holds this very list
             self.weights[:] = [float(w) for w in state["weights"]]
         self.norms = state.get("norms")
-        self.frozen = state.get("frozen")
-        self._masks = None
+        self.frozen = None
+        if state.get("frozen") is not None:
+            self.frozen = [torch.zeros(g.size, dtype=torch.bool) for g in self.cost.groups]
+            for mask, dead in zip(self.frozen, state["frozen"], strict=True):
+                mask[dead] = True
