@@ -137,7 +137,8 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in first["rows"]]
 
 
-@pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart"}])
+@pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart",
+                                           "reweight": 1.0}])
 def test_a_resumed_budget_run_equals_an_uninterrupted_one(options, tmp_path, monkeypatch):
     cfg = _cfg("group", model="lenet5", epochs=4, prune_fraction=0.75, **options)
     whole = run(cfg, tmp_path / "whole")
@@ -150,6 +151,15 @@ def test_a_resumed_budget_run_equals_an_uninterrupted_one(options, tmp_path, mon
     b = modelfile.load(tmp_path / "parts" / "model.safetensors").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["accuracy"] == whole["accuracy"]
+
+
+def test_reweight_stays_only_in_runs_with_a_group_term():
+    assert _cfg("group", reweight=1.0).reweight == 1.0
+    assert _cfg("sparse-group", reweight=1.0).reweight == 1.0
+    for method in ("low-rank", "torch-pruning", "slimming"):
+        assert _cfg(method, reweight=1.0).reweight == 0.0  # what the run does, said
+    with pytest.raises(CompactCNNError, match="reweight must be >= 0"):
+        _cfg("group", reweight=-0.5)
 
 
 @pytest.mark.parametrize("compact_lr", ["continue", "restart"])

@@ -151,3 +151,44 @@ def test_scaled_and_names():
         "group", "sparse-group", "low-rank"]
     with pytest.raises(CompactCNNError):
         GroupLasso(1.0).scaled(-1)
+
+
+@examples
+@given(shapes, st.floats(0.01, 3.0), st.floats(0.01, 2.0), st.floats(0.5, 2.0), seeds)
+def test_reweighted_group_lasso_scales_each_threshold_by_the_mean_live_norm_over_its_own(
+        shape, lam, step, power, seed):
+    matrix = random_matrix(shape, seed, zero_rows=seed % 2)
+    out = GroupLasso(lam, reweight=power)(matrix, step)
+
+    norms, new_norms = matrix.norm(dim=1), out.norm(dim=1)
+    live = norms[norms > 0]
+    t = step * lam * math.sqrt(shape[1])
+    for row in range(shape[0]):
+        if norms[row] == 0:
+            assert torch.all(out[row] == 0.0)
+            continue
+        mine = t * float(live.mean() / norms[row]) ** power
+        if norms[row] <= mine * (1 - 1e-5):
+            assert torch.all(out[row] == 0.0)
+        elif norms[row] > mine * (1 + 1e-5):
+            assert new_norms[row] == pytest.approx(float(norms[row]) - mine, rel=1e-4, abs=1e-5)
+
+
+def test_reweighting_spares_the_large_and_presses_the_small():
+    matrix = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])  # mean norm 2
+    plain = GroupLasso(0.5, weighted=False)(matrix, 1.0)  # every row loses 0.5
+    reweighted = GroupLasso(0.5, weighted=False, reweight=1.0)(matrix, 1.0)
+    assert torch.equal(plain[:, 0], torch.tensor([0.5, 1.5, 2.5]))
+    # thresholds 0.5 * 2 / norm: 1.0 (dies at exactly its norm), 0.5, 1/3
+    torch.testing.assert_close(reweighted[:, 0], torch.tensor([0.0, 1.5, 3 - 1 / 3]))
+    assert torch.equal(GroupLasso(0.5, reweight=0.0)(matrix, 1.0), GroupLasso(0.5)(matrix, 1.0))
+
+
+def test_reweight_needs_a_group_term():
+    from compactcnn.sparsity.penalties import make_penalty
+    assert make_penalty("sparse-group", 0.1, 0.2, reweight=1.0) == SparseGroupLasso(
+        0.2, 0.1, reweight=1.0)
+    with pytest.raises(CompactCNNError, match="reweight applies to a group term"):
+        make_penalty("low-rank", 0.1, reweight=1.0)
+    with pytest.raises(CompactCNNError, match="reweight must be >= 0"):
+        GroupLasso(0.1, reweight=-1.0)

@@ -180,3 +180,22 @@ def test_low_rank_under_adam_shrinks_by_the_group_step_length():
     assert isinstance(length, float) and length > 0.01  # Adam's first step: lr / |g| per unit
     expected = (torch.linalg.svdvals(twin_group.matrix()) - length * 0.05).clamp(min=0)
     torch.testing.assert_close(torch.linalg.svdvals(group.matrix()), expected)
+
+
+def test_under_adam_the_reweighted_threshold_is_each_neurons_step_times_its_weight():
+    """The in-place map with one step length per neuron applies the same reweighting as the
+    pure map: a neuron's threshold is its own step * lam * sqrt(width) * (mean / norm)."""
+    model, (group,) = mlp(hidden=6)
+    adam = torch.optim.Adam(model.parameters(), lr=0.01)
+    random_steps(adam, model, 3)
+    penalty = GroupLasso(0.3, reweight=1.0)
+    opt = ProximalOptimizer(adam, [group], penalty)
+    lengths = step_length(rule_for(adam), group, adam.param_groups[0], adam.state,
+                          per_neuron=True)
+    matrix = group.matrix()
+    norms = matrix.norm(dim=1)
+    opt._prox(group, adam.param_groups[0], 1.0)
+    t = lengths * penalty.threshold(matrix.shape[1], 1.0) * norms.mean() / norms
+    expected = matrix * torch.where(norms > t, 1 - t / norms, 0.0).unsqueeze(1)
+    torch.testing.assert_close(group.matrix(), expected)
+    assert not torch.equal(expected, GroupLasso(0.3)(matrix, 1.0))

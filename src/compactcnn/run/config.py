@@ -38,6 +38,9 @@ class TrainConfig:
     lam: float = option(3e-5, "penalty weight (with --target, where lam starts)")
     lam1: float = option(0.0, "l1 weight of sparse-group")
     lam_rank: float = option(0.0, "nuclear-norm weight of group+low-rank")
+    reweight: float = option(0.0, "reweight the group term: each neuron's threshold times "
+                             "(its layer's mean live norm / its norm) ** R; 0: plain group "
+                             "lasso; ignored by runs without a group term")
     epochs: int = option(12, "epochs of (sparse) training")
     finetune_epochs: int = option(0, "train the compact model N more epochs")
     optimizer: str = option("sgd", "the base optimizer", OPTIMIZERS)
@@ -83,14 +86,16 @@ class TrainConfig:
         for name in ("finetune_epochs", "seed", "min_neurons"):
             if getattr(self, name) < 0:
                 raise CompactCNNError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lam", "lam1", "lam_rank", "weight_decay", "warmup_epochs", "lr_warmup_epochs",
-                     "momentum"):
+        for name in ("lam", "lam1", "lam_rank", "reweight", "weight_decay", "warmup_epochs",
+                     "lr_warmup_epochs", "momentum"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise CompactCNNError(f"{name} must be >= 0, got {value}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise CompactCNNError(f"lr must be > 0, got {self.lr}")
         self._check_method()
+        if self.reg in ("none", "low-rank"):  # no group term to reweight: say so in the config
+            object.__setattr__(self, "reweight", 0.0)
 
     def _check_method(self) -> None:
         """A method of ours sets the penalty; a baseline trains without one; either way the

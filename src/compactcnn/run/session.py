@@ -56,7 +56,7 @@ def build(cfg: TrainConfig, device: torch.device | str = "cpu", world: World = S
     model = for_training(cfg.model, splits, cfg.input).to(device)
     per_epoch = batches_per_epoch(splits.train, cfg.batch_size)
     base = base_optimizer(cfg, model)
-    penalty = make_penalty(cfg.reg, cfg.lam, cfg.lam1, cfg.lam_rank)
+    penalty = make_penalty(cfg.reg, cfg.lam, cfg.lam1, cfg.lam_rank, cfg.reweight)
     if penalty is not None:
         groups = neuron_groups(model, splits.train[:1][0].to(device))
         base = ProximalOptimizer(base, groups, penalty,

@@ -46,18 +46,41 @@ class GroupLasso:
 
     With ``weighted`` the weight c is sqrt(scalars per neuron), so that layers with wide and
     narrow neurons feel the same pressure per scalar; otherwise c = 1.
+
+    **Reweighting.** Plain group lasso shrinks the neurons that will survive as hard as those
+    on their way out, and the survivors pay for it in accuracy while the penalty works. With
+    ``reweight`` = g > 0 each neuron's threshold is multiplied by (m / ||w_neuron||) ** g, m
+    the mean norm of the group's live neurons: a neuron of average norm feels lam as before, a
+    large one less, a small one more. Recomputed at every step from the weights as they are,
+    this is the iteratively reweighted group lasso (Candes, Wakin & Boyd 2008, for l1; the
+    adaptive group lasso of Wang & Leng 2008 fixes the weights once): each step is the
+    proximal step of the log penalty's linearisation at the current weights. A dead neuron
+    comes back only when the gradient's step beats sqrt(t * m) (g = 1), far more than plain
+    group lasso's t, so once the penalty has decided, it stays decided.
     """
 
     lam: float
     weighted: bool = True
+    reweight: float = 0.0
     name: ClassVar[str] = "group"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", _weight("lam", self.lam))
+        object.__setattr__(self, "reweight", _weight("reweight", self.reweight))
 
     def threshold(self, width: int, step: float) -> float:
-        """The row norm at or below which a neuron of ``width`` scalars becomes exactly zero."""
+        """The row norm at or below which a neuron of ``width`` scalars becomes exactly zero
+        (before any reweighting)."""
         return step * self.lam * (math.sqrt(width) if self.weighted else 1.0)
+
+    def adapt(self, t: float | Tensor, norms: Tensor) -> float | Tensor:
+        """The threshold ``t`` reweighted per neuron (see the class); ``t`` itself without
+        ``reweight`` or without a live neuron."""
+        live = norms[norms > 0]
+        if not self.reweight or not len(live):
+            return t
+        tiny = torch.finfo(norms.dtype).tiny  # a dead row's threshold is huge, not inf / nan
+        return t * (live.mean() / norms.clamp(min=tiny)) ** self.reweight
 
     def factor(self, squared_norms: Tensor, width: int, step: float) -> Tensor:
         """Per-row scale max(0, 1 - t / ||w||) given the rows' squared norms.
@@ -70,6 +93,7 @@ class GroupLasso:
         if t == 0:  # rows so small that their squares underflow must survive too
             return torch.ones_like(squared_norms)
         norms = squared_norms.sqrt()
+        t = self.adapt(t, norms)
         return torch.where(norms > t, 1 - t / norms, 0.0)
 
     def __call__(self, matrix: Tensor, step: float) -> Tensor:
@@ -91,16 +115,18 @@ class SparseGroupLasso:
     lam1: float
     lam2: float
     weighted: bool = True
+    reweight: float = 0.0  # of the group term: see GroupLasso
     name: ClassVar[str] = "sparse-group"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam1", _weight("lam1", self.lam1))
         object.__setattr__(self, "lam2", _weight("lam2", self.lam2))
+        object.__setattr__(self, "reweight", _weight("reweight", self.reweight))
 
     def __call__(self, matrix: Tensor, step: float) -> Tensor:
         t = step * self.lam1
         soft = matrix.sign() * (matrix.abs() - t).clamp(min=0)
-        return GroupLasso(self.lam2, self.weighted)(soft, step)
+        return GroupLasso(self.lam2, self.weighted, self.reweight)(soft, step)
 
     def scaled(self, factor: float) -> SparseGroupLasso:
         return replace(self, lam1=self.lam1 * factor, lam2=self.lam2 * factor)
@@ -148,39 +174,47 @@ class GroupLowRank:
     lam: float
     lam_rank: float
     weighted: bool = True
+    reweight: float = 0.0  # of the group term: see GroupLasso
     name: ClassVar[str] = "group+low-rank"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", _weight("lam", self.lam))
         object.__setattr__(self, "lam_rank", _weight("lam_rank", self.lam_rank))
+        object.__setattr__(self, "reweight", _weight("reweight", self.reweight))
 
     def __call__(self, matrix: Tensor, step: float) -> Tensor:
-        return GroupLasso(self.lam, self.weighted)(LowRank(self.lam_rank)(matrix, step), step)
+        group = GroupLasso(self.lam, self.weighted, self.reweight)
+        return group(LowRank(self.lam_rank)(matrix, step), step)
 
     def scaled(self, factor: float) -> GroupLowRank:
         return replace(self, lam=self.lam * factor, lam_rank=self.lam_rank * factor)
 
 
 # The penalties by the name a configuration gives them; "none" trains the dense baseline.
-# Each builder takes (lam, lam1, lam_rank): lam weighs the group term (and low-rank's nuclear
-# norm on its own), lam1 the l1 term of sparse-group, lam_rank the nuclear norm of
-# group+low-rank.
-PENALTIES: dict[str, Callable[[float, float, float], ProximalMap | None]] = {
-    "none": lambda lam, lam1, lam_rank: None,
-    "group": lambda lam, lam1, lam_rank: GroupLasso(lam),
-    "sparse-group": lambda lam, lam1, lam_rank: SparseGroupLasso(lam1, lam),
-    "low-rank": lambda lam, lam1, lam_rank: LowRank(lam),
-    "group+low-rank": lambda lam, lam1, lam_rank: GroupLowRank(lam, lam_rank),
+# Each builder takes (lam, lam1, lam_rank, reweight): lam weighs the group term (and low-rank's
+# nuclear norm on its own), lam1 the l1 term of sparse-group, lam_rank the nuclear norm of
+# group+low-rank, reweight the group term's reweighting (GroupLasso).
+PENALTIES: dict[str, Callable[[float, float, float, float], ProximalMap | None]] = {
+    "none": lambda lam, lam1, lam_rank, reweight: None,
+    "group": lambda lam, lam1, lam_rank, reweight: GroupLasso(lam, reweight=reweight),
+    "sparse-group": lambda lam, lam1, lam_rank, reweight: SparseGroupLasso(
+        lam1, lam, reweight=reweight),
+    "low-rank": lambda lam, lam1, lam_rank, reweight: LowRank(lam),
+    "group+low-rank": lambda lam, lam1, lam_rank, reweight: GroupLowRank(
+        lam, lam_rank, reweight=reweight),
 }
 
 #: the penalties that drive singular values to zero: their layers are factorised after compaction
 LOW_RANK = ("low-rank", "group+low-rank")
 
 
-def make_penalty(name: str, lam: float, lam1: float = 0.0,
-                 lam_rank: float = 0.0) -> ProximalMap | None:
+def make_penalty(name: str, lam: float, lam1: float = 0.0, lam_rank: float = 0.0,
+                 reweight: float = 0.0) -> ProximalMap | None:
     """The proximal map called ``name``, or None for the dense baseline."""
     if name not in PENALTIES:
         raise CompactCNNError(f"unknown penalty '{name}'; choose one of: "
                               + ", ".join(PENALTIES))
-    return PENALTIES[name](lam, lam1, lam_rank)
+    if reweight and name in ("none", "low-rank"):
+        raise CompactCNNError(f"reweight applies to a group term; '{name}' has none (use group, "
+                              "sparse-group or group+low-rank)")
+    return PENALTIES[name](lam, lam1, lam_rank, reweight)

@@ -38,8 +38,8 @@ def group_lasso_in_place(penalty: GroupLasso, group: NeuronGroup, step: float | 
     squared = _squared_norms(group)
     width = sum(s.per_neuron for s in group.slices)
     if isinstance(step, Tensor):
-        t = step.to(squared.dtype) * penalty.threshold(width, 1.0)
         norms = squared.sqrt()
+        t = penalty.adapt(step.to(squared.dtype) * penalty.threshold(width, 1.0), norms)
         scale = torch.where(norms > t, 1 - t / norms, 0.0)
     else:
         scale = penalty.factor(squared, width, step)
