@@ -154,7 +154,10 @@ def test_a_resumed_budget_run_equals_an_uninterrupted_one(options, tmp_path, mon
 
 
 def test_reweight_stays_only_in_runs_with_a_group_term():
-    assert _cfg("group", reweight=1.0).reweight == 1.0
+    assert _cfg("group").reweight == 1.0  # a budget run's default
+    assert _cfg("group", reweight=0.0).reweight == 0.0
+    assert TrainConfig(reg="group", lam=1e-4).reweight == 0.0  # lam as given: as before
+    assert _cfg("group", reweight=2.0).reweight == 2.0
     assert _cfg("sparse-group", reweight=1.0).reweight == 1.0
     for method in ("low-rank", "torch-pruning", "slimming"):
         assert _cfg(method, reweight=1.0).reweight == 0.0  # what the run does, said

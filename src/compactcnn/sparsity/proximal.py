@@ -57,7 +57,10 @@ class ProximalOptimizer(Optimizer):
     (not the ~3 lr per scalar a reset ``exp_avg_sq`` would give), measured against a
     threshold in the same units: it revives when ``(1 - beta1) * |g|`` beats
     ``lam * sqrt(size)``, and re-enters with a step the size of its old ones. (Heavy-ball SGD
-    has the same 1 / (1 - momentum) margin between reviving and staying alive.)
+    has the same 1 / (1 - momentum) margin between reviving and staying alive.) Under a
+    reweighted group lasso (``GroupLasso(reweight=g)``) a neuron's threshold grows as its norm
+    falls, so a dead one must come back farther, sqrt(threshold * the layer's mean norm) for
+    g = 1: the penalty's decisions stick.
 
     **min_neurons.** When a step would leave a group fewer live neurons than this, the largest
     of its dying neurons (by norm before the proximal step) keep their values from after the
