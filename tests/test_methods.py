@@ -165,6 +165,14 @@ def test_reweight_stays_only_in_runs_with_a_group_term():
         _cfg("group", reweight=-0.5)
 
 
+def test_lam_starts_higher_only_under_a_reweighted_budget():
+    assert _cfg("group").lam == 3e-4
+    assert _cfg("group", reweight=0.0).lam == 3e-5  # plain group lasso: as before
+    assert _cfg("group", lam=1e-5).lam == 1e-5
+    assert TrainConfig(reg="group").lam == 3e-5  # lam as given, no budget
+    assert _cfg("torch-pruning").lam == _cfg("low-rank").lam == 3e-5
+
+
 @pytest.mark.parametrize("compact_lr", ["continue", "restart"])
 def test_the_compact_network_continues_or_restarts_the_schedule(compact_lr, tmp_path,
                                                                monkeypatch):
