@@ -76,8 +76,10 @@ class GroupLasso:
     def adapt(self, t: float | Tensor, norms: Tensor) -> float | Tensor:
         """The threshold ``t`` reweighted per neuron (see the class); ``t`` itself without
         ``reweight`` or without a live neuron."""
+        if not self.reweight:  # the plain step must not pay for the mask (a sync on a GPU)
+            return t
         live = norms[norms > 0]
-        if not self.reweight or not len(live):
+        if not len(live):
             return t
         tiny = torch.finfo(norms.dtype).tiny  # a dead row's threshold is huge, not inf / nan
         return t * (live.mean() / norms.clamp(min=tiny)) ** self.reweight
