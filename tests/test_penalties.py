@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.sparsity import GroupLasso, LowRank, SparseGroupLasso
+from compactcnn.sparsity.penalties import make_penalty
 
 examples = settings(max_examples=60, deadline=None)
 
@@ -185,7 +186,6 @@ def test_reweighting_spares_the_large_and_presses_the_small():
 
 
 def test_reweight_needs_a_group_term():
-    from compactcnn.sparsity.penalties import make_penalty
     assert make_penalty("sparse-group", 0.1, 0.2, reweight=1.0) == SparseGroupLasso(
         0.2, 0.1, reweight=1.0)
     with pytest.raises(CompactCNNError, match="reweight applies to a group term"):
