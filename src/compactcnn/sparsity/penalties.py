@@ -208,6 +208,8 @@ PENALTIES: dict[str, Callable[[float, float, float, float], ProximalMap | None]]
 
 #: the penalties that drive singular values to zero: their layers are factorised after compaction
 LOW_RANK = ("low-rank", "group+low-rank")
+#: the penalties with a group term, the only ones ``reweight`` applies to
+GROUP_TERM = ("group", "sparse-group", "group+low-rank")
 
 
 def make_penalty(name: str, lam: float, lam1: float = 0.0, lam_rank: float = 0.0,
@@ -216,7 +218,7 @@ def make_penalty(name: str, lam: float, lam1: float = 0.0, lam_rank: float = 0.0
     if name not in PENALTIES:
         raise CompactCNNError(f"unknown penalty '{name}'; choose one of: "
                               + ", ".join(PENALTIES))
-    if reweight and name in ("none", "low-rank"):
+    if reweight and name not in GROUP_TERM:
         raise CompactCNNError(f"reweight applies to a group term; '{name}' has none (use group, "
                               "sparse-group or group+low-rank)")
     return PENALTIES[name](lam, lam1, lam_rank, reweight)
