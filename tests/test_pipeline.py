@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,11 @@ import pytest
 from compactcnn.accounting.accuracy import evaluate
 from compactcnn.cli import main
 from compactcnn.data import FASHION_MNIST_DIR, load_dataset
+from compactcnn.errors import CompactCNNError
+from compactcnn.files import checkpoint as checkpoint_file
 from compactcnn.files import modelfile as io
+from compactcnn.run.config import TrainConfig
+from compactcnn.run.session import resume
 from tests.cli_helpers import assert_resume_equals_whole
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
@@ -121,6 +126,20 @@ def test_bad_inputs_get_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
                               "--resume"])
     _one_line_exit_2(capsys, ["train", "--data", "synthetic", "--lam", "-1",
                               "--out", str(tmp_path / "e")])
+
+
+def test_a_checkpoint_written_before_an_option_existed_resumes_as_it_ran(run_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """A checkpoint from before ``--reweight`` has no such key: it ran plain group lasso, so
+    it resumes under reweight 0 and is refused, naming both values, under the new default."""
+    state = checkpoint_file.load(run_dir / "checkpoint.safetensors")
+    del state["config"]["reweight"]
+    old = tmp_path / "checkpoint.safetensors"
+    checkpoint_file.save(old, state)
+    as_it_ran = TrainConfig(**{**state["config"], "reweight": 0.0})
+    assert resume(as_it_ran, old).epoch == state["epoch"]
+    with pytest.raises(CompactCNNError, match=r"reweight \(0\.0 in the checkpoint, 1\.0 now\)"):
+        resume(replace(as_it_ran, reweight=1.0), old)
 
 
 def test_resume_with_another_config_is_refused_and_keeps_the_checkpoint(run_dir: Path,

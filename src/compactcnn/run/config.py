@@ -19,6 +19,10 @@ from compactcnn.sparsity.penalties import GROUP_TERM, PENALTIES
 
 OPTIMIZERS = ("sgd", "adam")
 
+# What a run made before the option existed had in effect, where that is not the option's
+# default: a budget run's group term is reweighted by default since session 8, and was not.
+_BEFORE_IT_EXISTED: dict[str, Any] = {"reweight": 0.0}
+
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A configuration field with the help text and choices the command line shows."""
@@ -134,6 +138,14 @@ class TrainConfig:
         if self.target is None:
             raise CompactCNNError(f"method {self.method} needs a budget: add --target, e.g. "
                                   "params=0.10")
+
+    @classmethod
+    def as_written(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """The configuration a checkpoint records, with every option added since it was
+        written set to what that run had in effect, so that a resume compares like with like
+        instead of refusing a file that an older compactcnn wrote."""
+        before = {f.name: _BEFORE_IT_EXISTED.get(f.name, f.default) for f in fields(cls)}
+        return {**before, **saved}
 
     @property
     def budget(self) -> Budget | None:

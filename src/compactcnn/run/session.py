@@ -84,12 +84,12 @@ def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
            world: World = SINGLE) -> Session:
     """Rebuild the session of ``cfg`` and restore it from the checkpoint at ``path``."""
     state = checkpoint_file.load(path)
-    saved = state.get("config", {})
-    if saved != asdict(cfg):
-        diff = sorted(k for k in set(saved) | set(asdict(cfg))
-                      if saved.get(k) != asdict(cfg).get(k))
+    saved, now = TrainConfig.as_written(state.get("config", {})), asdict(cfg)
+    if saved != now:
+        diff = [f"{k} ({saved.get(k)!r} in the checkpoint, {now.get(k)!r} now)"
+                for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
         raise CompactCNNError(f"{path} was written by another configuration (differs in: "
-                              f"{', '.join(diff)}); start a new --out or use the same options")
+                              f"{'; '.join(diff)}); start a new --out or use the same options")
     session = build(cfg, device, world)
     try:
         session.model.load_state_dict(state["model"])
