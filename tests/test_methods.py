@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 
 import pytest
 import torch
 
 from compactcnn.accounting import neuron_table
 from compactcnn.cli import build_parser, main
-from compactcnn.errors import CompactCNNError
+from compactcnn.errors import CompactCNNError, ConfigMismatch
 from compactcnn.files import modelfile
 from compactcnn.methods import METHODS
 from compactcnn.run.compare import compare
@@ -135,6 +136,13 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     again = compare(base, tmp_path, methods)
     assert ran == ["slimming"]
     assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in first["rows"]]
+
+    # started again with another option, it refuses to read back the runs made without it
+    report = (tmp_path / "group" / "report.json").read_bytes()
+    with pytest.raises(ConfigMismatch, match=r"group holds a finished run .*reweight \(1\.0 "
+                                             r"in the recorded run, 0\.0 now\)"):
+        compare(replace(base, reweight=0.0), tmp_path, methods)
+    assert ran == ["slimming"] and (tmp_path / "group" / "report.json").read_bytes() == report
 
 
 @pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart",

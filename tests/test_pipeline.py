@@ -138,7 +138,8 @@ def test_a_checkpoint_written_before_an_option_existed_resumes_as_it_ran(run_dir
     checkpoint_file.save(old, state)
     as_it_ran = TrainConfig(**{**state["config"], "reweight": 0.0})
     assert resume(as_it_ran, old).epoch == state["epoch"]
-    with pytest.raises(CompactCNNError, match=r"reweight \(0\.0 in the checkpoint, 1\.0 now\)"):
+    with pytest.raises(CompactCNNError, match=r"reweight \(0\.0 in the recorded run, "
+                                             r"1\.0 now\)"):
         resume(replace(as_it_ran, reweight=1.0), old)
 
 

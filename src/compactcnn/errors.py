@@ -7,3 +7,8 @@ keeps its traceback. Library users can catch it without also catching programmin
 
 class CompactCNNError(ValueError):
     """Bad input: an unknown name, a malformed argument, a file that is not what it claims."""
+
+
+class ConfigMismatch(CompactCNNError):
+    """A run folder holds a run of another configuration: never a method that "does not apply",
+    so ``compare`` stops on it rather than reporting the row as skipped."""

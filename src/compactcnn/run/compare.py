@@ -18,17 +18,18 @@ from typing import Any
 
 import torch
 
-from compactcnn.errors import CompactCNNError
+from compactcnn.errors import CompactCNNError, ConfigMismatch
 from compactcnn.files.atomic import atomic_write
 from compactcnn.methods import METHODS, OURS
 from compactcnn.run import report
 from compactcnn.run.compare_report import markdown, plot
-from compactcnn.run.config import TrainConfig
+from compactcnn.run.config import TrainConfig, differences
 from compactcnn.run.pipeline import run
 from compactcnn.run.rundir import CHECKPOINT, REPORT, run_file
 
 COMPARE_JSON, COMPARE_MD, COMPARE_PNG = "compare.json", "compare.md", "compare.png"
 DEFAULT_METHODS = tuple(METHODS)
+_REPORTED_AS_RESULTS = ("method", "input")
 
 
 def command(cfg: TrainConfig, out: Path, device: str) -> str:
@@ -83,19 +84,22 @@ def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_MET
 def _row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, Any]:
     """One method's figures, from its finished run or by running (or resuming) it now."""
     row: dict[str, Any] = {"method": name, "command": command(cfg, run_dir, device)}
-    try:
-        if (run_dir / REPORT).is_file():
-            result = report.read(run_file(run_dir, REPORT))
-        else:
+    if (run_dir / REPORT).is_file():
+        result = report.read(run_file(run_dir, REPORT))
+        _check_same_run(result, cfg, run_dir)
+    else:
+        try:
             resuming = (run_dir / CHECKPOINT).is_file()
             start = time.perf_counter()
             result = run(cfg, run_dir, resuming=resuming, device=torch.device(device))
-            result["wall_seconds"] = time.perf_counter() - start
-            report.write(result, run_dir)
-    except CompactCNNError as e:
-        if name == "dense":
+        except ConfigMismatch:
             raise
-        return row | {"skipped": str(e)}
+        except CompactCNNError as e:
+            if name == "dense":
+                raise
+            return row | {"skipped": str(e)}
+        result["wall_seconds"] = time.perf_counter() - start
+        report.write(result, run_dir)
     d, c = result["dense"], result["compact"]
     return row | {
         "accuracy": result["accuracy"], "params": c["params"], "dense_params": d["params"],
@@ -104,6 +108,19 @@ def _row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, A
         "wall_seconds": result.get("wall_seconds"),
         "widths": {layer["name"]: layer["neurons_after"] for layer in result["layers"]},
         "config": asdict(cfg)}
+
+
+def _check_same_run(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
+    """A finished run is read back only if it is this row's run: a comparison started again
+    with other options (or after a default changed) must not mix in figures from the old."""
+    recorded = {f.name: result[f.name] for f in fields(TrainConfig) if f.name in result}
+    # The report holds these two as results (the method's name, the traced input shape); the
+    # folder names the method and the data fix the input, so only the rest can differ.
+    diff = differences(recorded | {k: getattr(cfg, k) for k in _REPORTED_AS_RESULTS}, cfg)
+    if diff:
+        raise ConfigMismatch(f"{run_dir} holds a finished run of another configuration "
+                             f"(differs in: {'; '.join(diff)}); start a new --out or remove "
+                             "that folder")
 
 
 def _found_widths(rows: list[dict[str, Any]]) -> str | None:

@@ -7,7 +7,7 @@ command line and the TOML reader are built from this one declaration and repeat 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from compactcnn.errors import CompactCNNError
@@ -22,6 +22,16 @@ OPTIMIZERS = ("sgd", "adam")
 # What a run made before the option existed had in effect, where that is not the option's
 # default: a budget run's group term is reweighted by default since session 8, and was not.
 _BEFORE_IT_EXISTED: dict[str, Any] = {"reweight": 0.0}
+
+
+def differences(recorded: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Each option in which ``cfg`` differs from the configuration a run recorded, with both
+    values. Options added since the run was written count as what it had in effect, so that
+    a file an older compactcnn wrote compares like with like instead of being refused."""
+    before = {f.name: _BEFORE_IT_EXISTED.get(f.name, f.default) for f in fields(TrainConfig)}
+    recorded, now = {**before, **recorded}, asdict(cfg)
+    return [f"{k} ({recorded.get(k)!r} in the recorded run, {now.get(k)!r} now)"
+            for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -138,14 +148,6 @@ class TrainConfig:
         if self.target is None:
             raise CompactCNNError(f"method {self.method} needs a budget: add --target, e.g. "
                                   "params=0.10")
-
-    @classmethod
-    def as_written(cls, saved: dict[str, Any]) -> dict[str, Any]:
-        """The configuration a checkpoint records, with every option added since it was
-        written set to what that run had in effect, so that a resume compares like with like
-        instead of refusing a file that an older compactcnn wrote."""
-        before = {f.name: _BEFORE_IT_EXISTED.get(f.name, f.default) for f in fields(cls)}
-        return {**before, **saved}
 
     @property
     def budget(self) -> Budget | None:

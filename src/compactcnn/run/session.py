@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from compactcnn.data.splits import Splits, load_dataset
-from compactcnn.errors import CompactCNNError
+from compactcnn.errors import CompactCNNError, ConfigMismatch
 from compactcnn.files import checkpoint as checkpoint_file
 from compactcnn.methods import Context
 from compactcnn.run.budgeted import attach
-from compactcnn.run.config import TrainConfig
+from compactcnn.run.config import TrainConfig, differences
 from compactcnn.run.distributed import SINGLE, World, wrap
 from compactcnn.run.optimizers import base_optimizer, batches_per_epoch, schedule
 from compactcnn.sources import for_training
@@ -84,11 +84,9 @@ def resume(cfg: TrainConfig, path: Path, device: torch.device | str = "cpu",
            world: World = SINGLE) -> Session:
     """Rebuild the session of ``cfg`` and restore it from the checkpoint at ``path``."""
     state = checkpoint_file.load(path)
-    saved, now = TrainConfig.as_written(state.get("config", {})), asdict(cfg)
-    if saved != now:
-        diff = [f"{k} ({saved.get(k)!r} in the checkpoint, {now.get(k)!r} now)"
-                for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
-        raise CompactCNNError(f"{path} was written by another configuration (differs in: "
+    diff = differences(state.get("config", {}), cfg)
+    if diff:
+        raise ConfigMismatch(f"{path} was written by another configuration (differs in: "
                               f"{'; '.join(diff)}); start a new --out or use the same options")
     session = build(cfg, device, world)
     try:
