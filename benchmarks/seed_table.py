@@ -24,12 +24,13 @@ def read(run: Path) -> dict:
     return {"seed": report["seed"], "accuracy": 100 * report["accuracy"],
             "params": compact["params"] / dense["params"],
             "flops": compact["flops"] / dense["flops"],
-            "widths": "-".join(str(layer["neurons_after"]) for layer in report["layers"])}
+            "widths": "-".join(str(layer["neurons_after"]) for layer in report["layers"]),
+            "run": str(run)}
 
 
 def table(runs: dict[str, list[dict]]) -> str:
-    lines = ["| method | seeds | accuracy per seed | mean | sd | parameters | FLOPs | widths |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | seeds | accuracy per seed | mean | sd | parameters | FLOPs | widths "
+             "| run folders |", "|---|---|---|---|---|---|---|---|---|"]
     for label, rows in runs.items():
         acc = [r["accuracy"] for r in rows]
         cells = [", ".join(str(r["seed"]) for r in rows), ", ".join(f"{a:.2f}" for a in acc),
@@ -37,7 +38,8 @@ def table(runs: dict[str, list[dict]]) -> str:
                  f"{statistics.stdev(acc):.2f}" if len(acc) > 1 else "-",
                  ", ".join(f"{r['params']:.1%}" for r in rows),
                  ", ".join(f"{r['flops']:.1%}" for r in rows),
-                 ", ".join(r["widths"] for r in rows)]
+                 ", ".join(r["widths"] for r in rows),
+                 ", ".join(f"`{r['run']}`" for r in rows)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
