@@ -33,7 +33,7 @@ def test_the_designed_network_meets_its_budget_and_is_the_one_saved(method, mode
     reached = result["budget"]["reached"]["params"]
     assert reached == pytest.approx(target, rel=0.02)
     saved = modelfile.load(tmp_path / "model.safetensors")
-    shape = tuple(result["input"])
+    shape = tuple(result["input_shape"])
     # The parameters stored and learned: a filter map counts its map.
     assert result["compact"]["params"] == sum(p.numel() for p in saved.parameters())
     assert result["compact"]["params"] == neuron_table(saved, shape).total_params

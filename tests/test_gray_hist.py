@@ -207,7 +207,7 @@ def test_gray_hist_trains_from_an_image_folder(tmp_path):
                  "--epochs", "8", "--batch-size", "32", "--optimizer", "adam", "--lr", "3e-3",
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["input"] == [3, 32, 32]
+    assert report["input_shape"] == [3, 32, 32]
     assert report["accuracy"] > 0.45  # chance is 1/9; colour alone tops out near 1/3
     with pytest.raises(CompactCNNError, match="already exists"):
         write_image_folder(root, 9)

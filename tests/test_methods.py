@@ -137,12 +137,24 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     assert ran == ["slimming"]
     assert [r.get("accuracy") for r in again["rows"]] == [r.get("accuracy") for r in first["rows"]]
 
+    # reports written before "input_shape" held the method's name and the traced shape under
+    # the configuration's keys "method" and "input": they still read back as the same runs
+    for name in ("dense", "group", "l1-filter", "scratch", "uniform"):
+        path = tmp_path / name / "report.json"
+        old = json.loads(path.read_text())
+        assert old["method"] == (None if name == "dense" else name) and old["input"] is None
+        old |= {"method": old["method"] or old["reg"], "input": old.pop("input_shape")}
+        path.write_text(json.dumps(old))
+    assert [r.get("accuracy") for r in compare(base, tmp_path, methods)["rows"]] == \
+        [r.get("accuracy") for r in first["rows"]] and ran == ["slimming", "slimming"]
+
     # started again with another option, it refuses to read back the runs made without it
     report = (tmp_path / "group" / "report.json").read_bytes()
     with pytest.raises(ConfigMismatch, match=r"group holds a finished run .*reweight \(1\.0 "
                                              r"in the recorded run, 0\.0 now\)"):
         compare(replace(base, reweight=0.0), tmp_path, methods)
-    assert ran == ["slimming"] and (tmp_path / "group" / "report.json").read_bytes() == report
+    assert ran == ["slimming", "slimming"]
+    assert (tmp_path / "group" / "report.json").read_bytes() == report
 
 
 @pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart",

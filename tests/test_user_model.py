@@ -50,7 +50,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 def test_train_compacts_a_model_from_an_import_path(run_dir):
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["model"] == SMALL and report["input"] == [1, 28, 28]
+    assert report["model"] == SMALL and report["input_shape"] == [1, 28, 28]
     after = {layer["name"]: layer["neurons_after"] for layer in report["layers"]}
     before = {layer["name"]: layer["neurons_before"] for layer in report["layers"]}
     assert before == {"features.0": 6, "features.4": 8, "hidden": 16, "classifier": 10}

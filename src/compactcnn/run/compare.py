@@ -29,7 +29,9 @@ from compactcnn.run.rundir import CHECKPOINT, REPORT, run_file
 
 COMPARE_JSON, COMPARE_MD, COMPARE_PNG = "compare.json", "compare.md", "compare.png"
 DEFAULT_METHODS = tuple(METHODS)
-_REPORTED_AS_RESULTS = ("method", "input")
+# Reports written before "input_shape" existed held two results under configuration keys:
+# the method's name (the penalty's, for the dense run) and the traced input shape.
+_RESULTS_IN_OLD_REPORTS = ("method", "input")
 
 
 def command(cfg: TrainConfig, out: Path, device: str) -> str:
@@ -114,9 +116,9 @@ def _check_same_run(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> 
     """A finished run is read back only if it is this row's run: a comparison started again
     with other options (or after a default changed) must not mix in figures from the old."""
     recorded = {f.name: result[f.name] for f in fields(TrainConfig) if f.name in result}
-    # The report holds these two as results (the method's name, the traced input shape); the
-    # folder names the method and the data fix the input, so only the rest can differ.
-    diff = differences(recorded | {k: getattr(cfg, k) for k in _REPORTED_AS_RESULTS}, cfg)
+    if "input_shape" not in result:  # an old report: the folder names the method, the data
+        recorded |= {k: getattr(cfg, k) for k in _RESULTS_IN_OLD_REPORTS}  # fix the input
+    diff = differences(recorded, cfg)
     if diff:
         raise ConfigMismatch(f"{run_dir} holds a finished run of another configuration "
                              f"(differs in: {'; '.join(diff)}); start a new --out or remove "

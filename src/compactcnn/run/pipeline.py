@@ -89,9 +89,9 @@ def _finish(session: Session, out: Path, device: torch.device) -> dict[str, Any]
     shape = splits.input_shape
     for side, model in (("dense", sparse), ("compact", small)):
         summary[side]["latency_ms"] = latency_ms(model, shape)
-    result = asdict(cfg) | {
-        "method": cfg.method_name, "accuracy": acc, "accuracy_before_finetune": acc_sparse,
-        "input": list(shape), "train_seconds": sum(h["seconds"] for h in history),
+    result = asdict(cfg) | {  # the configuration as given, then results under keys of their own
+        "accuracy": acc, "accuracy_before_finetune": acc_sparse,
+        "input_shape": list(shape), "train_seconds": sum(h["seconds"] for h in history),
         "history": history, "finetune_history": ft_history,
     } | summary
     if session.ctx is not None:
