@@ -157,6 +157,34 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     assert (tmp_path / "group" / "report.json").read_bytes() == report
 
 
+def test_compare_reads_back_another_comparisons_dense_run(tmp_path, monkeypatch, capsys):
+    base = _cfg("uniform", model="lenet5", target="params=0.2")
+    first = compare(base, tmp_path / "p20", ("uniform",))
+
+    def refuse(cfg, *args, **kwargs):
+        assert cfg.method is not None, "the dense run was trained again"
+        return run(cfg, *args, **kwargs)
+
+    monkeypatch.setattr("compactcnn.run.compare.run", refuse)
+    second = compare(replace(base, target="params=0.1"), tmp_path / "p10", ("uniform",),
+                     dense=tmp_path / "p20" / "dense")
+    assert second["rows"][0] | {"wall_seconds": None} == first["rows"][0] | {"wall_seconds": None}
+    assert f"--out {tmp_path / 'p20' / 'dense'}" in second["rows"][0]["command"]
+    assert not (tmp_path / "p10" / "dense").exists()
+    assert second["rows"][1]["params"] <= 0.1 * second["rows"][1]["dense_params"]
+
+    with pytest.raises(ConfigMismatch, match=r"seed \(0 in the recorded run, 1 now\)"):
+        compare(replace(base, seed=1), tmp_path / "s1", ("uniform",),
+                dense=tmp_path / "p20" / "dense")
+    capsys.readouterr()
+    code = main(["compare", "--model", "lenet5", "--data", "synthetic", "--target",
+                 "params=0.1", "--dense", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "p10b")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no finished run there" in err, err
+    assert not (tmp_path / "p10b").exists()
+
+
 @pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart",
                                            "reweight": 1.0}])
 def test_a_resumed_budget_run_equals_an_uninterrupted_one(options, tmp_path, monkeypatch):

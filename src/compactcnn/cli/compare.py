@@ -16,7 +16,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     cfg = config_from(args)
     device = pick_device(args.device)
-    result = compare(cfg, Path(args.out), tuple(args.methods or DEFAULT_METHODS), str(device))
+    result = compare(cfg, Path(args.out), tuple(args.methods or DEFAULT_METHODS), str(device),
+                     dense=None if args.dense is None else Path(args.dense))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -35,6 +36,9 @@ def add_commands(sub) -> None:
                    help="which methods (default: all): " + ", ".join(METHODS))
     c.add_argument("--out", required=True, help="the comparison folder; each method runs in "
                    "a subfolder, and a rerun picks up the finished ones")
+    c.add_argument("--dense", metavar="RUN_DIR", help="read the dense row back from this "
+                   "finished run (another comparison's dense folder, run with the same options) "
+                   "instead of training it again")
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (training only)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=_compare)

@@ -53,8 +53,15 @@ def command(cfg: TrainConfig, out: Path, device: str) -> str:
 
 
 def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_METHODS,
-            device: str = "cpu") -> dict[str, Any]:
-    """Run (or read back) the dense baseline and every method; write compare.json/.md/.png."""
+            device: str = "cpu", dense: Path | None = None) -> dict[str, Any]:
+    """Run (or read back) the dense baseline and every method; write compare.json/.md/.png.
+
+    ``dense`` names a finished dense run to read back instead of training one in
+    ``out/dense``: the same network at another budget has the same dense baseline, and on a
+    CPU it is the longest row. It must have been run with this comparison's options.
+    """
+    if dense is not None and not (dense / REPORT).is_file():
+        raise CompactCNNError(f"--dense {dense}: no finished run there (no {REPORT})")
     if base.target is None:
         raise CompactCNNError("compare needs a budget: --target params=F and/or flops=F")
     unknown = [m for m in methods if m not in METHODS]
@@ -63,7 +70,7 @@ def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_MET
                               + ", ".join(METHODS))
     out.mkdir(parents=True, exist_ok=True)
     dense_cfg = replace(base, method=None, reg="none", target=None, widths=None)
-    rows = [_row("dense", dense_cfg, out / "dense", device)]
+    rows = [_row("dense", dense_cfg, dense or out / "dense", device)]
     order = sorted(methods, key=lambda m: (m == "scratch", methods.index(m)))
     for name in order:
         cfg = replace(base, method=name, widths=None)
