@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +15,8 @@ from compactcnn.cli import build_parser, main
 from compactcnn.errors import CompactCNNError, ConfigMismatch
 from compactcnn.files import modelfile
 from compactcnn.methods import METHODS
-from compactcnn.run.compare import compare
-from compactcnn.run.config import TrainConfig
+from compactcnn.run.compare import command, compare
+from compactcnn.run.config import TrainConfig, differences
 from compactcnn.run.pipeline import run
 from compactcnn.run.report import summary
 from compactcnn.run.toml import config_from
@@ -218,7 +219,25 @@ def test_lam_starts_higher_only_under_a_reweighted_budget():
     assert _cfg("group", reweight=0.0).lam == 3e-5  # plain group lasso: as before
     assert _cfg("group", lam=1e-5).lam == 1e-5
     assert TrainConfig(reg="group").lam == 3e-5  # lam as given, no budget
-    assert _cfg("torch-pruning").lam == _cfg("low-rank").lam == 3e-5
+    assert _cfg("low-rank").lam == 3e-5
+
+
+def test_a_run_without_a_penalty_is_one_configuration_whichever_path_made_it():
+    # compare narrows its budget run's config to each baseline; train starts from the flags
+    base = _cfg("group")
+    for method in ("torch-pruning", "l1-filter", "slimming", "uniform", "evolutionary"):
+        from_compare, from_train = replace(base, method=method), _cfg(method)
+        assert from_compare == from_train and from_train.lam == 0.0, method
+        assert "--lam" not in command(from_compare, Path("r"), "cpu")
+    dense = replace(base, method=None, reg="none", target=None)
+    assert dense == TrainConfig(**SMALL, model=base.model, reg="none", lam=1e-4)
+    assert "--lam" not in command(base, Path("r"), "cpu")  # 3e-4 is the budget run's start
+    assert "--lam 1e-05" in command(replace(base, lam=1e-5), Path("r"), "cpu")
+    # a run recorded before lam was resolved to 0 for it is still the same configuration
+    recorded = asdict(from_train) | {"lam": 3e-4}
+    assert differences(recorded, from_compare) == []
+    assert differences(recorded | {"epochs": 3}, from_compare) == \
+        ["epochs (3 in the recorded run, 2 now)"]
 
 
 @pytest.mark.parametrize("compact_lr", ["continue", "restart"])

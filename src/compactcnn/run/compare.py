@@ -35,13 +35,14 @@ _RESULTS_IN_OLD_REPORTS = ("method", "input")
 
 
 def command(cfg: TrainConfig, out: Path, device: str) -> str:
-    """The ``compactcnn train`` command that reproduces one row (a method sets the penalty
-    itself, so ``--reg`` is given only for a run without one: the dense row's ``none``)."""
-    defaults = TrainConfig()
+    """The ``compactcnn train`` command that reproduces one row, with only the options that
+    it needs: those the run would not resolve to by itself (a method sets the penalty, so
+    ``--reg`` appears only for the dense row's ``none``; lam only where it is not the
+    default start)."""
     parts = ["compactcnn train"]
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if value == getattr(defaults, f.name) or f.name == "reg" and cfg.method is not None:
+        if value == f.default or _resolves_to(cfg, f.name, f.default):
             continue
         flag = "--" + f.name.replace("_", "-")
         parts.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float)
@@ -50,6 +51,14 @@ def command(cfg: TrainConfig, out: Path, device: str) -> str:
     if device != "cpu":
         parts.append(f"--device {device}")
     return " ".join(parts)
+
+
+def _resolves_to(cfg: TrainConfig, name: str, default: Any) -> bool:
+    """Whether ``cfg`` is what the run makes of itself with option ``name`` left out."""
+    try:
+        return replace(cfg, **{name: default}) == cfg
+    except CompactCNNError:
+        return False
 
 
 def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_METHODS,

@@ -30,6 +30,10 @@ def differences(recorded: dict[str, Any], cfg: TrainConfig) -> list[str]:
     a file an older compactcnn wrote compares like with like instead of being refused."""
     before = {f.name: _BEFORE_IT_EXISTED.get(f.name, f.default) for f in fields(TrainConfig)}
     recorded, now = {**before, **recorded}, asdict(cfg)
+    try:  # resolved as this version resolves a configuration: lam, say, where it does nothing
+        recorded |= asdict(TrainConfig(**{k: recorded[k] for k in TrainConfig.keys()}))
+    except (CompactCNNError, TypeError, ValueError):
+        pass  # not a configuration this version can make: compared as written
     return [f"{k} ({recorded.get(k)!r} in the recorded run, {now.get(k)!r} now)"
             for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
 
@@ -126,8 +130,13 @@ class TrainConfig:
         """Where lam starts, said in the configuration: 3e-4 for a budget run whose group term
         is reweighted (better than 3e-5 on vgg_small by 0.23 points, on lenet5 by 0.11, within
         the spread: README, *Reweighting*), 3e-5 otherwise (lam as given, low-rank, a plain
-        group lasso, whose lenet5 runs lost 0.14 points at 3e-4)."""
-        if self.lam is None:
+        group lasso, whose lenet5 runs lost 0.14 points at 3e-4). A run without a penalty
+        (the dense run, a baseline) has lam 0, whatever was given: otherwise the same run
+        recorded the lam of whichever path made it (``train --method l1-filter`` 3e-5, the
+        same row of ``compare`` its budget's 3e-4) and one was refused as the other."""
+        if self.reg == "none":
+            object.__setattr__(self, "lam", 0.0)
+        elif self.lam is None:
             budget_group = self.target is not None and bool(self.reweight)
             object.__setattr__(self, "lam", 3e-4 if budget_group else 3e-5)
 
