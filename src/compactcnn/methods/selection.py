@@ -205,7 +205,8 @@ def _initialise(group: NeuronGroup, rows: Tensor, dead: Tensor) -> None:
 
 def uniform(cost: CostModel, budget: Budget, scores: Sequence[Tensor], keep: int = 1) -> Masks:
     """The same share of every group's neurons dies, the lowest-scored of each, chosen as the
-    smallest share that meets the budget (found by bisection on the share kept)."""
+    smallest share that meets the budget (found by bisection on the share kept), then topped
+    up to the budget (:func:`_top_up`)."""
     def masks(share: float) -> Masks:
         out = []
         for s in scores:
@@ -226,7 +227,29 @@ def uniform(cost: CostModel, budget: Budget, scores: Sequence[Tensor], keep: int
     for _ in range(40):
         mid = (low + high) / 2
         low, high = (mid, high) if budget.met(cost.fractions(counts(mid))) else (low, mid)
-    return masks(low)
+    return _top_up(cost, budget, scores, masks(low))
+
+
+def _top_up(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Masks) -> Masks:
+    """Give neurons back while the budget holds, each to the layer that keeps the smallest
+    share, its highest-scored dead one: one share rounded in every layer moves several layers
+    at once, so the best share can land a step short (lenet5 at 10%: 9.6%, outside the 2%
+    that every method of a comparison is held to), and the layers stay as even as it allows."""
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    sizes = [len(s) for s in scores]
+    open_ = {g for g in range(len(scores)) if counts[g] > 0}
+    while open_:
+        g = min(open_, key=lambda k: ((sizes[k] - counts[k]) / sizes[k], k))
+        counts[g] -= 1
+        if not budget.met(cost.fractions(counts)):  # nor later: the rest only grows
+            counts[g] += 1
+            open_.discard(g)
+            continue
+        candidates = dead[g].nonzero().flatten()
+        dead[g][candidates[torch.argmax(scores[g][candidates])]] = False
+        if counts[g] == 0:
+            open_.discard(g)
+    return dead
 
 
 def _describe(fractions: dict[str, float]) -> str:
