@@ -132,8 +132,8 @@ def _check_same_run(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> 
     """A finished run is read back only if it is this row's run: a comparison started again
     with other options (or after a default changed) must not mix in figures from the old."""
     recorded = {f.name: result[f.name] for f in fields(TrainConfig) if f.name in result}
-    if "input_shape" not in result:  # an old report: the folder names the method, the data
-        recorded |= {k: getattr(cfg, k) for k in _RESULTS_IN_OLD_REPORTS}  # fix the input
+    if "input_shape" not in result:  # an old report: its folder names the method and the
+        recorded |= {k: getattr(cfg, k) for k in _RESULTS_IN_OLD_REPORTS}  # data fix the input
     diff = differences(recorded, cfg)
     if diff:
         raise ConfigMismatch(f"{run_dir} holds a finished run of another configuration "
