@@ -225,3 +225,31 @@ def test_the_selection_reads_the_ranks_as_they_are_at_the_selection_point():
     ctx = Context(model, None, groups, cost, budget, 0, torch.zeros(1, *shape), None)
     kill(groups, Proximal("low-rank").select(ctx))
     assert 0.10 * 0.98 <= cost.fractions(cost.dead_counts())["params"] <= 0.10
+
+
+@pytest.mark.parametrize("select", ["greedy", "uniform"])
+def test_no_selection_takes_a_neuron_that_compaction_must_keep(select):
+    """``conv(x) + x`` on the network's input: the block's second convolution's neurons carry
+    x whatever their weights (pinned), so zeroing them saves nothing. Scored lowest of all,
+    they must still not be chosen, and the compact model must be as small as the cost model
+    said: before, the selection took them, the budget was reported met and compaction kept
+    them."""
+    from tests.compaction_helpers import Net, Residual
+
+    torch.manual_seed(0)
+    shape = (3, 6, 6)
+    model = Net([Residual(3, False), torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()], 8, 0,
+                torch.nn.AdaptiveAvgPool2d(1)).eval()
+    groups = neuron_groups(model, shape)
+    cost = CostModel(model, shape, groups)
+    pinned = [g.pinned if g.pinned is not None else torch.zeros(g.size, dtype=torch.bool)
+              for g in groups]
+    assert [int(p.sum()) for p in pinned] == [0, 3, 0]
+    scores = [torch.where(p, -1.0, torch.rand(len(p)) + 1) for p in pinned]
+    budget = Budget(params=0.6)
+    dead = (greedy if select == "greedy" else uniform)(cost, budget, scores)
+    assert not any(bool((d & p).any()) for d, p in zip(dead, pinned, strict=True))
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    kill(groups, dead)
+    small, _ = compact(model, torch.randn(2, *shape))
+    assert sum(p.numel() for p in small.parameters()) == cost.absolute(counts)["params"]

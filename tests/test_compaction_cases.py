@@ -7,6 +7,8 @@ from collections import Counter
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from compactcnn.errors import CompactCNNError
@@ -223,9 +225,37 @@ def test_a_depthwise_conv_on_the_input_keeps_its_neurons():
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False), nn.ReLU(),
                           nn.Flatten(), nn.Linear(3 * 16, 2)).eval()
     dead_with_bias(model[0], [1], None)
+    # Nor does the optimizer's or the budget's count take it for dead (it is pinned).
+    assert neuron_groups(model, torch.randn(2, 3, 4, 4))[0].dead().tolist() == [False] * 3
     small, report = compact(model, torch.randn(2, 3, 4, 4))
     assert report.groups[0].kept == Counter({KEPT_TIED: 1})
     assert max_diff(model, small, (3, 4, 4)) == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(zeroed=st.lists(st.integers(0, 2), max_size=2, unique=True),  # a layer keeps one
+       on_input=st.booleans(), seed=st.integers(0, 2**16))
+def test_dead_counts_what_compaction_removes_when_an_add_joins_the_input(zeroed, on_input,
+                                                                       seed):
+    """A residual block on the network's own input (``conv(x) + x``): zeroing its second
+    convolution's neurons leaves their channels carrying x, so compaction keeps them, and
+    ``dead()``, which the budget controller counts, must agree (it used to count them as
+    removed). Behind a stem convolution the add joins two layers' outputs, the block's
+    neurons couple with the stem's, and zeroing both removes them."""
+    torch.manual_seed(seed)
+    body = [Residual(3, False)] if on_input else [nn.Conv2d(3, 3, 1), Residual(3, False)]
+    model = Net(body, 3, 0, nn.AdaptiveAvgPool2d(1)).eval()
+    block = model.body[-1]
+    for layer in [block.conv2] + ([] if on_input else [model.body[0]]):
+        dead_with_bias(layer, zeroed, 0.0)
+    example = torch.randn(2, 3, 6, 6)
+    groups = neuron_groups(model, example)
+    counted = sum(int(g.dead().sum()) for g in groups if "conv2" in " ".join(g.layers)
+                  or g.name == "body.0")
+    small, report = compact(model, example)
+    removed = sum(g.removed for g in report.groups)
+    assert counted == removed == (0 if on_input else len(zeroed))
+    assert max_diff(model, small, (3, 6, 6)) <= 1e-5
 
 
 # --- grouped convolutions ----------------------------------------------------------------------

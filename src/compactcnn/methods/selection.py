@@ -46,6 +46,7 @@ def greedy(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mask
     normalises first); a neuron scored inf is never taken. Neurons already in ``dead`` stay
     dead, and every group keeps at least ``keep`` neurons.
     """
+    scores = _unpinned(cost, scores)
     dead = [d.clone() for d in dead] if dead is not None else [torch.zeros(len(s), dtype=torch.bool)
                                                                for s in scores]
     counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
@@ -207,13 +208,15 @@ def uniform(cost: CostModel, budget: Budget, scores: Sequence[Tensor], keep: int
     """The same share of every group's neurons dies, the lowest-scored of each, chosen as the
     smallest share that meets the budget (found by bisection on the share kept), then topped
     up to the budget (:func:`_top_up`)."""
+    scores = _unpinned(cost, scores)
+
     def masks(share: float) -> Masks:
         out = []
         for s in scores:
             alive = max(keep, round(len(s) * share))
             dead = torch.ones(len(s), dtype=torch.bool)
             dead[torch.argsort(s, descending=True, stable=True)[:alive]] = False
-            out.append(dead)
+            out.append(dead & torch.isfinite(s))  # as in greedy: inf is never taken
         return out
 
     def counts(share: float) -> Tensor:
@@ -250,6 +253,17 @@ def _top_up(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mas
         if counts[g] == 0:
             open_.discard(g)
     return dead
+
+
+def _unpinned(cost: CostModel, scores: Sequence[Tensor]) -> list[Tensor]:
+    """The scores with every pinned neuron's set to inf: zeroing it would save nothing, since
+    compaction must keep it (``NeuronGroup.pinned``), so no selection may count it."""
+    out = []
+    for group, s in zip(cost.groups, scores, strict=True):
+        if group.pinned is not None:
+            s = s.to(torch.float64).masked_fill(group.pinned.cpu(), math.inf)
+        out.append(s)
+    return out
 
 
 def _describe(fractions: dict[str, float]) -> str:

@@ -20,6 +20,7 @@ from compactcnn.inputs import Example, as_input
 from compactcnn.layers import follower_types, holds_neurons
 from compactcnn.sparsity.neurons import NeuronGroup, Slice
 from compactcnn.sparsity.norm_paths import has_scales, silenced_by_norms
+from compactcnn.sparsity.pinned import pinned_neurons
 from compactcnn.sparsity.tp_adapter import reach_mask, removes_inputs, removes_outputs, tp_groups
 
 
@@ -93,14 +94,23 @@ def neuron_groups(model: nn.Module, example: Example, *, full: bool = False,
     """
     names = {m: n for n, m in model.named_modules()}
     order = {n: k for k, n in enumerate(names.values())}
-    groups = []
-    for g in tp_groups(model, as_input(model, example), ignore=ignore):
+    x = as_input(model, example)
+    found = list(tp_groups(model, x, ignore=ignore))
+    built: list[tuple[int, list[int], NeuronGroup]] = []
+    for k, g in enumerate(found):
         size = len(g[0].idxs)
-        split = [_group(g, members, names, order, full) for members in _by_reach(g, size, names)]
-        if len({s.name for s in split}) < len(split):  # parts no layer tells apart: keep one
-            split = [_group(g, list(range(size)), names, order, full)]
-        groups.extend(split)
-    return sorted(groups, key=lambda g: order[g.name])
+        split = [(members, _group(g, members, names, order, full))
+                 for members in _by_reach(g, size, names)]
+        if len({s.name for _, s in split}) < len(split):  # parts no layer tells apart: keep one
+            split = [(list(range(size)), _group(g, list(range(size)), names, order, full))]
+        built.extend((k, members, group) for members, group in split)
+    producing = [s for _, _, group in built for s in group.slices
+                 if s.role == "out" and s.part in ("weight", "bias")]
+    pinned = pinned_neurons(model, x, found, producing)
+    for k, members, group in built:
+        if pinned[k] is not None and bool(pinned[k][members].any()):
+            group.pinned = pinned[k][torch.tensor(members, dtype=torch.long)]
+    return sorted((group for _, _, group in built), key=lambda g: order[g.name])
 
 
 def _group(g, members: list[int], names: dict[nn.Module, str], order: dict[str, int],

@@ -88,6 +88,9 @@ class NeuronGroup:
     # ``[neurons]``: those a zero scale of the group's norms silences (their producers reach
     # every consumer through these norms); None: all of them (see norm_paths).
     silenced: Tensor | None = None
+    # ``[neurons]``: those whose channel an add joins with what no layer produces (the network
+    # input, say), so that zero rows never make them removable (see pinned.py); None: none.
+    pinned: Tensor | None = None
 
     def matrix(self) -> Tensor:
         """All the group's scalars, one row per neuron: the object the proximal maps shrink."""
@@ -113,13 +116,16 @@ class NeuronGroup:
 
     def dead(self) -> Tensor:
         """Boolean ``[neurons]``, on the parameters' device: see :func:`dead_rows`. A zero
-        scale counts only for the neurons it silences (``silenced``)."""
+        scale counts only for the neurons it silences (``silenced``); a pinned neuron is
+        never dead."""
         weights = [s.rows() for s in self.slices if s.part == "weight"]
         scales = [s.rows() for s in self.slices if s.part == "scale"]
         if not scales or self.silenced is None:
-            return dead_rows(weights, scales)
-        by_scale = dead_rows([], scales) & self.silenced.to(scales[0].device)
-        return dead_rows(weights, []) | by_scale if weights else by_scale
+            dead = dead_rows(weights, scales)
+        else:
+            by_scale = dead_rows([], scales) & self.silenced.to(scales[0].device)
+            dead = dead_rows(weights, []) | by_scale if weights else by_scale
+        return dead if self.pinned is None else dead & ~self.pinned.to(dead.device)
 
     @property
     def params(self) -> list[nn.Parameter]:

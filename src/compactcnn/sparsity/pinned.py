@@ -1,0 +1,94 @@
+"""Neurons that can never be removed, because their channel carries more than its layers.
+
+A group's neuron is removable when zeroing its rows leaves its channel constant wherever it
+is consumed. An add can join the channel with something no layer produces (``conv(x) + x``
+on the network's own input), or the neuron can be a channel of that input (a depthwise
+convolution applied to it): zero rows then leave the channel still carrying the input, so
+compaction rightly keeps the neuron. Counting it as dead would tell
+a budget controller that parameters were saved that never will be. One probe finds every
+such neuron at once: with every group's rows zeroed, whatever still differs from one input
+to another at a consumer's input comes from outside the groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from compactcnn.inputs import example_input, shape_of
+from compactcnn.sparsity.neurons import Slice
+from compactcnn.sparsity.tp_adapter import removes_inputs
+
+_TOL = 1e-6  # relative to the consumer input's scale: zeroed paths give equal values exactly
+
+
+def pinned_neurons(model: nn.Module, example: Tensor, groups: Sequence,
+                   slices: Sequence[Slice]) -> list[Tensor | None]:
+    """For each torch-pruning group, ``[neurons]`` True where its channel reaches a consumer
+    with input-dependent content while all of ``slices`` (every group's producing rows) are
+    zero; None where no neuron is pinned (the common case)."""
+    if example.device.type == "meta" or not example.is_floating_point():
+        return [None] * len(groups)
+    consumers = {item.dep.target.module for g in groups for item in g if _takes(item)}
+    seen: dict[nn.Module, list[Tensor]] = {m: [] for m in consumers}
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen[m].append(args[0].detach()))
+             for m in consumers]
+    probe = torch.cat([example[:1], example_input(shape_of(example), 2, seed=1)
+                       .to(example.device, example.dtype)])
+    saved = {id(s.param): (s.param, s.param.detach().clone()) for s in slices}
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            for s in slices:
+                s.param.data.masked_fill_(~s.neuron_mask(torch.zeros(
+                    _neurons(s), dtype=torch.bool, device=s.param.device)), 0.0)
+            model.eval()
+            model(probe)
+    finally:
+        model.train(was_training)
+        for param, value in saved.values():
+            param.data.copy_(value)
+        for h in hooks:
+            h.remove()
+    varies = {m: _varies(m, calls) for m, calls in seen.items()}
+    result = []
+    for g in groups:
+        pinned = torch.zeros(len(g[0].idxs), dtype=torch.bool)
+        for item in g:
+            v = varies.get(item.dep.target.module)
+            if v is None or not _takes(item):
+                continue
+            idxs = torch.tensor(item.idxs, dtype=torch.long)
+            inside = idxs < v.numel()
+            pinned[torch.tensor(item.root_idxs, dtype=torch.long)[inside]] |= v[idxs[inside]]
+        result.append(pinned if bool(pinned.any()) else None)
+    return result
+
+
+def _takes(item) -> bool:
+    """Whether the item's indices are channels of its module's input: a consumer's, or a
+    depthwise convolution's, whose neurons are its input channels."""
+    m = item.dep.target.module
+    depthwise = isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.in_channels
+    return removes_inputs(item.dep) or depthwise
+
+
+def _neurons(s: Slice) -> int:
+    return s.param.shape[s.dim] if s.index is None else s.index.shape[0]
+
+
+def _varies(module: nn.Module, calls: list[Tensor]) -> Tensor | None:
+    """``[input channels]``: which channels differ between the probe's samples."""
+    if not calls:
+        return None
+    dim = -1 if isinstance(module, nn.Linear) else 1
+    out = None
+    for x in calls:
+        per_channel = x.float().movedim(dim, 1).flatten(2) if x.dim() > 2 \
+            else x.float().unsqueeze(2)
+        spread = (per_channel - per_channel[:1]).abs().amax(dim=(0, 2))
+        v = (spread > _TOL * max(1.0, x.abs().max().item())).cpu()
+        out = v if out is None else out | v
+    return out
