@@ -437,6 +437,26 @@ def test_min_neurons_keeps_the_largest_neurons_live_and_warns_once_per_group():
     assert all(live == 5 for live, _ in opt.neuron_counts().values())
 
 
+@pytest.mark.parametrize("penalty", [GroupLasso(1e6), SparseGroupLasso(1e6, 1e6)])
+def test_a_pinned_neuron_is_not_shrunk(penalty):
+    """conv(x) + x on the network's input: the second convolution's neurons carry x whatever
+    their rows, so compaction keeps them and shrinking them would win nothing. A penalty
+    strong enough to kill everything else leaves their rows as the base step left them."""
+    from tests.compaction_helpers import Net, Residual
+
+    torch.manual_seed(0)
+    model = Net([Residual(3, False), nn.Conv2d(3, 8, 3), nn.ReLU()], 8, 0,
+                nn.AdaptiveAvgPool2d(1))
+    groups = neuron_groups(model, (3, 6, 6))
+    conv2 = next(g for g in groups if g.name == "body.0.conv2")
+    assert conv2.pinned is not None and bool(conv2.pinned.all())
+    base = torch.optim.SGD(model.parameters(), lr=0.1)  # no gradients: the prox step alone
+    before = conv2.matrix().clone()
+    ProximalOptimizer(base, groups, penalty, min_neurons=0).step()
+    assert torch.equal(conv2.matrix(), before)
+    assert all(bool(g.dead().all()) for g in groups if g is not conv2)
+
+
 def test_min_neurons_above_a_group_size_keeps_the_whole_group():
     model, groups = mlp()
     opt = ProximalOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), groups,

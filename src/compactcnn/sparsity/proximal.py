@@ -155,6 +155,9 @@ class ProximalOptimizer(Optimizer):
         return loss
 
     def _prox(self, group: NeuronGroup, hyper: dict[str, Any], factor: float) -> None:
+        # A pinned neuron stays whatever its rows (pinned.py): shrinking it would win nothing.
+        pinned = None if group.pinned is None else group.pinned.to(group.slices[0].param.device)
+        kept = group.matrix()[pinned] if pinned is not None else None
         in_place = isinstance(self.penalty, GroupLasso)
         step = step_length(self._rule, group, hyper, self.base.state, per_neuron=in_place)
         if in_place:
@@ -163,7 +166,13 @@ class ProximalOptimizer(Optimizer):
             outcome = prox_matrix(self.penalty, group, step * factor, self.min_neurons)
         if outcome.would_leave is not None:
             self._warn_protected(group, outcome.would_leave)
-        neurons = outcome.dead.nonzero().flatten()
+        dead = outcome.dead
+        if pinned is not None:
+            matrix = group.matrix()
+            matrix[pinned] = kept
+            group.write(matrix)
+            dead = dead & ~pinned
+        neurons = dead.nonzero().flatten()
         if len(neurons):
             reset_state(group, neurons, self.base.state, self._rule.momentum)
 
