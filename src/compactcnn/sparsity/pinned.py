@@ -38,7 +38,7 @@ def pinned_neurons(model: nn.Module, example: Tensor, groups: Sequence,
     probe = torch.cat([example[:1], example_input(shape_of(example), 2, seed=1)
                        .to(example.device, example.dtype)])
     saved = {id(s.param): (s.param, s.param.detach().clone()) for s in slices}
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # mixed modes come back as they were
     try:
         with torch.no_grad():
             for s in slices:
@@ -46,8 +46,11 @@ def pinned_neurons(model: nn.Module, example: Tensor, groups: Sequence,
                     _neurons(s), dtype=torch.bool, device=s.param.device)), 0.0)
             model.eval()
             model(probe)
+    except (RuntimeError, ValueError, IndexError, TypeError):  # a batch of 3 it cannot take:
+        return [None] * len(groups)  # no probe, no pinning (compaction still keeps them)
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
         for param, value in saved.values():
             param.data.copy_(value)
         for h in hooks:
