@@ -35,7 +35,7 @@ def pinned_neurons(model: nn.Module, example: Tensor, groups: Sequence,
     seen: dict[nn.Module, list[Tensor]] = {m: [] for m in consumers}
     hooks = [m.register_forward_pre_hook(lambda m, args: seen[m].append(args[0].detach()))
              for m in consumers]
-    probe = torch.cat([example[:1], example_input(shape_of(example), 2, seed=1)
+    probe = torch.cat([example[:1], example_input(shape_of(example), 1, seed=1)
                        .to(example.device, example.dtype)])
     saved = {id(s.param): (s.param, s.param.detach().clone()) for s in slices}
     modes = {m: m.training for m in model.modules()}  # mixed modes come back as they were
@@ -46,7 +46,7 @@ def pinned_neurons(model: nn.Module, example: Tensor, groups: Sequence,
                     _neurons(s), dtype=torch.bool, device=s.param.device)), 0.0)
             model.eval()
             model(probe)
-    except (RuntimeError, ValueError, IndexError, TypeError):  # a batch of 3 it cannot take:
+    except (RuntimeError, ValueError, IndexError, TypeError):  # a batch of 2 it cannot take:
         return [None] * len(groups)  # no probe, no pinning (compaction still keeps them)
     finally:
         for m, training in modes.items():
