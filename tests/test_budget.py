@@ -227,6 +227,31 @@ def test_the_selection_reads_the_ranks_as_they_are_at_the_selection_point():
     assert 0.10 * 0.98 <= cost.fractions(cost.dead_counts())["params"] <= 0.10
 
 
+@pytest.mark.parametrize("killed", [300, 450])
+def test_neurons_brought_back_into_a_low_rank_layer_are_priced_with_the_rank_they_add(killed):
+    """vgg_small under group+low-rank at 10% ended at 15.8% of the parameters: its classifier
+    had lost most neurons and had low rank, the network lay far below the budget, and revival
+    brought 70 neurons back priced at the layer's low rank; their fresh random rows raised the
+    rank until factorisation no longer paid. Each revived neuron must be priced with the rank
+    it adds to the layers it touches, and the model that compaction and factorisation make
+    must meet the budget."""
+    from compactcnn.methods.base import Context
+    from compactcnn.methods.proximal import Proximal
+    from compactcnn.surgery.factorise import factorise
+
+    model, shape, groups, cost = _planted_ranks({"conv2": 2, "fc3": 3})
+    kill(groups, [torch.arange(g.size) < (killed if g.name == "fc3" else 0) for g in groups])
+    budget = Budget(params=0.10)
+    assert cost.fractions(cost.dead_counts())["params"] < 0.098  # an overshoot
+    ctx = Context(model, None, groups, cost, budget, 0, torch.zeros(1, *shape), None)
+    dead = Proximal("group+low-rank").select(ctx)
+    assert sum(int(d.sum()) for d in dead) < killed  # neurons came back
+    kill(groups, dead)
+    small, _ = compact(model, shape)
+    small, report = factorise(small, shape)
+    assert 0.10 * 0.98 <= report.after.total_params / cost.dense["params"] <= 0.10
+
+
 @pytest.mark.parametrize("select", ["greedy", "uniform"])
 def test_no_selection_takes_a_neuron_that_compaction_must_keep(select):
     """``conv(x) + x`` on the network's input: the block's second convolution's neurons carry

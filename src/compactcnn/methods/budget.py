@@ -128,6 +128,11 @@ class CostModel:
         out = self._out - dead @ self._d_out
         return torch.minimum(out, (self._in - dead @ self._d_in) * self._kernel)
 
+    def widened_by(self, g: int) -> Tensor:
+        """The neuron table's rows (layers) whose size changes with group ``g``'s neurons: its
+        own layers and their consumers."""
+        return ((self._d_out[g] != 0) | (self._d_in[g] != 0)).nonzero().flatten()
+
     def fractions(self, dead: Tensor) -> dict[str, float]:
         """The same, as fractions of the dense model's."""
         now = self.absolute(dead)

@@ -101,7 +101,10 @@ def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead:
 
     A revived neuron's weight rows are drawn like its layer's live rows (same standard
     deviation) and its norm scale set to the live mean, so it trains again; an all-zero neuron
-    behind a ReLU would not, its gradient being zero.
+    behind a ReLU would not, its gradient being zero. Under a ranked cost model each revival
+    is priced with one more rank in every layer it widens (its random rows, and the columns
+    its consumers kept, are new directions): priced at the layer's low rank, vgg_small under
+    group+low-rank revived its way from 10% to 15.8% of the parameters.
     """
     dead = [d.clone() for d in dead]
     counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
@@ -112,8 +115,11 @@ def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead:
         if share[k] < 0:
             break
         counts[k] -= 1
+        widened = cost.widened_by(k)
+        cost.ranks[widened] += 1
         if not budget.met(cost.fractions(counts)):
             counts[k] += 1
+            cost.ranks[widened] -= 1
             break
         i = int(dead[k].nonzero()[0])
         dead[k][i] = False
