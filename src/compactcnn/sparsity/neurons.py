@@ -88,8 +88,9 @@ class NeuronGroup:
     # ``[neurons]``: those a zero scale of the group's norms silences (their producers reach
     # every consumer through these norms); None: all of them (see norm_paths).
     silenced: Tensor | None = None
-    # ``[neurons]``: those whose channel an add joins with what no layer produces (the network
-    # input, say), so that zero rows never make them removable (see pinned.py); None: none.
+    # ``[neurons]``: those whose channel carries the network input whatever their rows (an add
+    # joins it, or they are its channels), so zero rows never make them removable (see
+    # pinned.py); None: none.
     pinned: Tensor | None = None
 
     def matrix(self) -> Tensor:

@@ -4,10 +4,10 @@ A group's neuron is removable when zeroing its rows leaves its channel constant 
 is consumed. An add can join the channel with something no layer produces (``conv(x) + x``
 on the network's own input), or the neuron can be a channel of that input (a depthwise
 convolution applied to it): zero rows then leave the channel still carrying the input, so
-compaction rightly keeps the neuron. Counting it as dead would tell
-a budget controller that parameters were saved that never will be. One probe finds every
-such neuron at once: with every group's rows zeroed, whatever still differs from one input
-to another at a consumer's input comes from outside the groups.
+compaction rightly keeps the neuron. Counting it as dead would tell a budget controller that
+parameters were saved that never will be. One probe finds every such neuron at once: with
+every group's rows zeroed, whatever still differs from one input to another at a consumer's
+input comes from outside the groups.
 """
 
 from __future__ import annotations
