@@ -4,6 +4,7 @@ from compactcnn.layers import conv, linear, norm  # noqa: F401  (registration)
 from compactcnn.layers.factorised import Factorised
 from compactcnn.layers.registry import (
     LayerKind,
+    channel_dim,
     follower_types,
     holds_neurons,
     kind_of,
@@ -11,5 +12,5 @@ from compactcnn.layers.registry import (
     register,
 )
 
-__all__ = ["Factorised", "LayerKind", "follower_types", "holds_neurons", "kind_of",
+__all__ = ["Factorised", "LayerKind", "channel_dim", "follower_types", "holds_neurons", "kind_of",
            "neuron_layer_types", "register"]

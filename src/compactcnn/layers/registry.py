@@ -72,6 +72,12 @@ def holds_neurons(module: nn.Module) -> bool:
     return kind is not None and kind.holds_neurons
 
 
+def channel_dim(module: nn.Module) -> int:
+    """Where a consumer's input channels are: last for a linear layer (which also reads
+    channels-last tensors, as ConvNeXt's blocks do), second for a convolution."""
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
 def neuron_layer_types() -> tuple[type[nn.Module], ...]:
     """Every module type whose outputs are neurons (for APIs that want a type tuple)."""
     return tuple(t for k in _KINDS if k.holds_neurons for t in k.types)

@@ -108,8 +108,9 @@ def neuron_groups(model: nn.Module, example: Example, *, full: bool = False,
                  if s.role == "out" and s.part in ("weight", "bias")]
     pinned = pinned_neurons(model, x, found, producing)
     for k, members, group in built:
-        if pinned[k] is not None and bool(pinned[k][members].any()):
-            group.pinned = pinned[k][torch.tensor(members, dtype=torch.long)]
+        mine = None if pinned[k] is None else pinned[k][torch.tensor(members, dtype=torch.long)]
+        if mine is not None and bool(mine.any()):
+            group.pinned = mine
     return sorted((group for _, _, group in built), key=lambda g: order[g.name])
 
 

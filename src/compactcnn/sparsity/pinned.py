@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from compactcnn.inputs import example_input, shape_of
+from compactcnn.layers import channel_dim
 from compactcnn.sparsity.neurons import Slice
 from compactcnn.sparsity.tp_adapter import removes_inputs
 
@@ -42,8 +43,7 @@ def pinned_neurons(model: nn.Module, example: Tensor, groups: Sequence,
     try:
         with torch.no_grad():
             for s in slices:
-                s.param.data.masked_fill_(~s.neuron_mask(torch.zeros(
-                    _neurons(s), dtype=torch.bool, device=s.param.device)), 0.0)
+                s.write(torch.zeros_like(s.rows()))
             model.eval()
             model(probe)
     except (RuntimeError, ValueError, IndexError, TypeError):  # a batch of 2 it cannot take:
@@ -78,15 +78,11 @@ def _takes(item) -> bool:
     return removes_inputs(item.dep) or depthwise
 
 
-def _neurons(s: Slice) -> int:
-    return s.param.shape[s.dim] if s.index is None else s.index.shape[0]
-
-
 def _varies(module: nn.Module, calls: list[Tensor]) -> Tensor | None:
     """``[input channels]``: which channels differ between the probe's samples."""
     if not calls:
         return None
-    dim = -1 if isinstance(module, nn.Linear) else 1
+    dim = channel_dim(module)
     out = None
     for x in calls:
         per_channel = x.float().movedim(dim, 1).flatten(2) if x.dim() > 2 \

@@ -14,16 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from compactcnn.layers import kind_of
+from compactcnn.layers import channel_dim, kind_of
 from compactcnn.sparsity.tp_adapter import removes_inputs
 from compactcnn.surgery.candidates import root_rows
 from compactcnn.surgery.outcome import KEPT_CONSTANT, KEPT_TIED, KEPT_VARYING
-
-
-def channel_dim(module: nn.Module) -> int:
-    """Where a consumer's input channels are: last for a linear layer (which also reads
-    channels-last tensors, as ConvNeXt's blocks do), second for a convolution."""
-    return -1 if isinstance(module, nn.Linear) else 1
 
 
 @dataclass
