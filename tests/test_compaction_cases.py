@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from compactcnn import models
 from compactcnn.errors import CompactCNNError
 from compactcnn.sparsity import neuron_groups
 from compactcnn.surgery import compact
@@ -256,6 +257,73 @@ def test_dead_counts_what_compaction_removes_when_an_add_joins_the_input(zeroed,
     removed = sum(g.removed for g in report.groups)
     assert counted == removed == (0 if on_input else len(zeroed))
     assert max_diff(model, small, (3, 6, 6)) <= 1e-5
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's shuffle: a reshape torch-pruning cannot follow, past which conv1's group is
+    incomplete, so compaction keeps its dead neurons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(torch.relu(self.conv2(y)).mean((2, 3)))
+
+
+def _mixing(norm: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), norm, nn.ReLU(),
+                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(96, 3))
+
+
+KEEPERS = {  # model, input shape: each keeps dead neurons for a reason other than constants
+    "group norm": (lambda: _mixing(nn.GroupNorm(2, 4)), (2, 4, 4)),
+    "layer norm": (lambda: _mixing(nn.LayerNorm([4, 4, 4])), (2, 4, 4)),
+    "channel shuffle": (ChannelShuffle, (2, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEEPERS))
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_dead_counts_what_compaction_removes_whatever_keeps_the_rest(name, data):
+    """``dead()`` is what the budget controller, the cost model and the selections count: it
+    must be what compaction removes. Normalisations across channels and channel shuffles keep
+    dead neurons; ``dead()`` used to count them all."""
+    build, shape = KEEPERS[name]
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    _assert_dead_is_removed(build().eval(), torch.randn(2, *shape), data)
+
+
+@settings(max_examples=2, deadline=None)
+@given(data=st.data())
+def test_dead_counts_what_compaction_removes_in_alexnet(data):
+    """Local response normalisation (conv1, conv2) and the two towers' grouped convolutions,
+    which remove as many dead neurons from each half as from the half with fewest (conv3,
+    conv4): ``dead()`` used to count conv1's and conv3's all."""
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    model = models.create("alexnet", num_classes=10, input_size=67).eval()
+    _assert_dead_is_removed(model, torch.randn(2, 3, 67, 67), data)
+
+
+def _assert_dead_is_removed(model: nn.Module, example: torch.Tensor, data) -> None:
+    picks = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    for group in neuron_groups(model, example):
+        dead = torch.rand(group.size, generator=picks) < data.draw(st.floats(0.0, 0.9))
+        dead[data.draw(st.integers(0, group.size - 1))] = False  # a layer keeps one anyway
+        matrix = group.matrix()
+        matrix[dead] = 0.0
+        group.write(matrix)
+    counted = {g.name: int(g.dead().sum()) for g in neuron_groups(model, example)}
+    small, report = compact(model, example)
+    assert counted == {g.name: g.removed for g in report.groups}
+    assert report.max_abs_output_diff <= 1e-5
 
 
 # --- grouped convolutions ----------------------------------------------------------------------

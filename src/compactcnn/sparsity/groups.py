@@ -21,7 +21,14 @@ from compactcnn.layers import follower_types, holds_neurons
 from compactcnn.sparsity.neurons import NeuronGroup, Slice
 from compactcnn.sparsity.norm_paths import has_scales, silenced_by_norms
 from compactcnn.sparsity.pinned import pinned_neurons
-from compactcnn.sparsity.tp_adapter import reach_mask, removes_inputs, removes_outputs, tp_groups
+from compactcnn.sparsity.tp_adapter import (
+    dependency_graph,
+    grouped_conv_blocks,
+    reach_mask,
+    removes_inputs,
+    removes_outputs,
+    tp_groups,
+)
 
 
 def _index(root_idxs: Sequence[int], idxs: Sequence[int], size: int) -> Tensor | None:
@@ -95,7 +102,8 @@ def neuron_groups(model: nn.Module, example: Example, *, full: bool = False,
     names = {m: n for n, m in model.named_modules()}
     order = {n: k for k, n in enumerate(names.values())}
     x = as_input(model, example)
-    found = list(tp_groups(model, x, ignore=ignore))
+    graph = dependency_graph(model, x)
+    found = list(tp_groups(model, x, graph, ignore=ignore))
     built: list[tuple[int, list[int], NeuronGroup]] = []
     for k, g in enumerate(found):
         size = len(g[0].idxs)
@@ -106,7 +114,7 @@ def neuron_groups(model: nn.Module, example: Example, *, full: bool = False,
         built.extend((k, members, group) for members, group in split)
     producing = [s for _, _, group in built for s in group.slices
                  if s.role == "out" and s.part in ("weight", "bias")]
-    pinned = pinned_neurons(model, x, found, producing)
+    pinned = pinned_neurons(model, x, graph, found, producing)
     for k, members, group in built:
         mine = None if pinned[k] is None else pinned[k][torch.tensor(members, dtype=torch.long)]
         if mine is not None and bool(mine.any()):
@@ -128,7 +136,10 @@ def _group(g, members: list[int], names: dict[nn.Module, str], order: dict[str, 
     layers = sorted(dict.fromkeys(layers), key=order.__getitem__) \
         or [names[g[0].dep.target.module]]
     silenced = _silenced_by_scale(g, members) if any(s.part == "scale" for s in slices) else None
-    return NeuronGroup(layers[0], tuple(layers), len(members), slices, silenced)
+    index = torch.tensor(members, dtype=torch.long)
+    blocks = [b[index] for b in grouped_conv_blocks(g)]
+    return NeuronGroup(layers[0], tuple(layers), len(members), slices, silenced,
+                       blocks=blocks)
 
 
 def _silenced_by_scale(g, members: list[int]) -> Tensor:

@@ -92,6 +92,9 @@ class NeuronGroup:
     # joins it, or they are its channels), so zero rows never make them removable (see
     # pinned.py); None: none.
     pinned: Tensor | None = None
+    # For each grouped convolution the neurons reach, the block of each (grouped_conv_blocks):
+    # compaction removes as many dead neurons from each block as from the one with fewest.
+    blocks: list[Tensor] = field(default_factory=list)
 
     def matrix(self) -> Tensor:
         """All the group's scalars, one row per neuron: the object the proximal maps shrink."""
@@ -118,7 +121,8 @@ class NeuronGroup:
     def dead(self) -> Tensor:
         """Boolean ``[neurons]``, on the parameters' device: see :func:`dead_rows`. A zero
         scale counts only for the neurons it silences (``silenced``); a pinned neuron is
-        never dead."""
+        never dead, and grouped convolutions' blocks lose dead neurons evenly (:func:`even`),
+        so what is dead here is what compaction removes."""
         weights = [s.rows() for s in self.slices if s.part == "weight"]
         scales = [s.rows() for s in self.slices if s.part == "scale"]
         if not scales or self.silenced is None:
@@ -126,7 +130,9 @@ class NeuronGroup:
         else:
             by_scale = dead_rows([], scales) & self.silenced.to(scales[0].device)
             dead = dead_rows(weights, []) | by_scale if weights else by_scale
-        return dead if self.pinned is None else dead & ~self.pinned.to(dead.device)
+        if self.pinned is not None:
+            dead = dead & ~self.pinned.to(dead.device)
+        return even(dead, self.blocks)
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -142,6 +148,26 @@ class NeuronGroup:
             where = "all" if s.index is None else f"{s.index.shape[1]} per neuron"
             lines.append(f"  {s.role:3} {s.name:40} dim {s.dim}  {where}")
         return "\n".join(lines)
+
+
+def even(dead: Tensor, blocks: list[Tensor]) -> Tensor:
+    """``dead`` less the neurons a grouped convolution must keep to stay even: each of
+    ``blocks`` (one per grouped convolution, the block of each neuron) gives up as many dead
+    neurons in every block as in its block with fewest, the first ones of each block."""
+    dead = dead.clone()
+    changed = True
+    while changed and blocks:
+        changed = False
+        for block in blocks:
+            block = block.to(dead.device)
+            n_blocks = int(block.max()) + 1
+            k = int(torch.bincount(block[dead], minlength=n_blocks).min())
+            for b in range(n_blocks):
+                extra = (dead & (block == b)).nonzero().flatten()[k:]
+                if extra.numel():
+                    dead[extra] = False
+                    changed = True
+    return dead
 
 
 def dead_rows(weights: list[Tensor], scales: list[Tensor]) -> Tensor:

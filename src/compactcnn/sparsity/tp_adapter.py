@@ -317,6 +317,12 @@ def removes_inputs(dep) -> bool:
     return dep.handler in _IN
 
 
+def root_rows(item) -> tuple[Tensor, Tensor]:
+    """The item's root neurons and, beside each, the channel of its module that it is."""
+    return (torch.tensor(item.root_idxs, dtype=torch.long),
+            torch.tensor(item.idxs, dtype=torch.long))
+
+
 def reach_mask(item, size: int) -> Tensor:
     """``[size]``: which of its group's ``size`` root neurons a group item reaches (all of
     them, or, for an input of a concatenation that a later layer couples, its own)."""

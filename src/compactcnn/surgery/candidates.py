@@ -21,13 +21,7 @@ from torch import Tensor, nn
 from compactcnn.layers import holds_neurons
 from compactcnn.sparsity.neurons import dead_rows
 from compactcnn.sparsity.norm_paths import has_scales, silenced_by_norms
-from compactcnn.sparsity.tp_adapter import reach_mask, removes_inputs
-
-
-def root_rows(item) -> tuple[Tensor, Tensor]:
-    """The item's root neurons and, beside each, the channel of its module that it is."""
-    return (torch.tensor(item.root_idxs, dtype=torch.long),
-            torch.tensor(item.idxs, dtype=torch.long))
+from compactcnn.sparsity.tp_adapter import reach_mask, removes_inputs, root_rows
 
 
 def _per_neuron(item, param: Tensor, size: int) -> tuple[Tensor, Tensor]:

@@ -10,26 +10,16 @@ import torch
 from torch import Tensor, nn
 
 from compactcnn.layers import kind_of
+from compactcnn.sparsity.neurons import even
 from compactcnn.surgery.outcome import KEPT_GROUPED, GroupOutcome
 
 
 def balance(dead: Tensor, blocks: list[Tensor], outcome: GroupOutcome) -> Tensor:
     """Keep as many dead neurons as needed for every grouped convolution to stay even."""
-    dead = dead.clone()
-    changed = True
-    while changed and blocks:
-        changed = False
-        for block in blocks:
-            n_blocks = int(block.max()) + 1
-            counts = torch.bincount(block[dead], minlength=n_blocks)
-            k = int(counts.min())
-            for b in range(n_blocks):
-                extra = (dead & (block == b)).nonzero().flatten()[k:]
-                if extra.numel():
-                    dead[extra] = False
-                    outcome.kept[KEPT_GROUPED] += extra.numel()
-                    changed = True
-    return dead
+    evened = even(dead, blocks)
+    if kept := int((dead & ~evened).sum()):
+        outcome.kept[KEPT_GROUPED] += kept
+    return evened
 
 
 def fold(consumer: nn.Module, cols: Tensor, values: Tensor) -> None:

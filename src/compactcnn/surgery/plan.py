@@ -1,7 +1,7 @@
 """Deciding, group by group, which dead neurons to try to remove and why the others stay.
 
 Nothing is cut here and no forward pass is run per group (except beside local response
-normalisation, see :mod:`compactcnn.surgery.across`): what each consumer receives was recorded
+normalisation, see :mod:`compactcnn.sparsity.mixing`): what each consumer receives was recorded
 once for the whole model.
 """
 
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.layers import holds_neurons
+from compactcnn.sparsity.mixing import mixed_neurons, reaches_untraced, untraced_norms
 from compactcnn.sparsity.neurons import dead_rows
 from compactcnn.sparsity.tp_adapter import (
     grouped_conv_blocks,
@@ -19,7 +20,6 @@ from compactcnn.sparsity.tp_adapter import (
     removes_inputs,
     through_unmapped,
 )
-from compactcnn.surgery.across import mixed_neurons, reaches_untraced, untraced_norms
 from compactcnn.surgery.candidates import dead_neurons
 from compactcnn.surgery.edits import balance
 from compactcnn.surgery.outcome import (

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from compactcnn.layers import channel_dim, kind_of
-from compactcnn.sparsity.tp_adapter import removes_inputs
-from compactcnn.surgery.candidates import root_rows
+from compactcnn.sparsity.tp_adapter import removes_inputs, root_rows
 from compactcnn.surgery.outcome import KEPT_CONSTANT, KEPT_TIED, KEPT_VARYING
 
 

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from compactcnn.layers import holds_neurons
-from compactcnn.sparsity.tp_adapter import removes_inputs
-from compactcnn.surgery.candidates import root_rows
+from compactcnn.sparsity.tp_adapter import removes_inputs, root_rows
 
 _TRACED = (nn.LayerNorm, nn.GroupNorm)
 _UNTRACED = (nn.LocalResponseNorm, nn.CrossMapLRN2d)
