@@ -7,6 +7,8 @@ are kept: torch-pruning's group names the LayerNorm or GroupNorm and which of th
 neurons reach it, so a neuron that only feeds a layer whose output is normalised (ConvNeXt's
 expansion layer, say) still goes. Local response normalisation is plain tensor code to
 torch-pruning, so there we fall back to watching its input while nudging the dead neurons.
+Compaction keeps the dead neurons these find; the neuron groups pin them beforehand
+(:mod:`compactcnn.sparsity.pinned`), so that no count takes them for removed.
 """
 
 from __future__ import annotations
