@@ -88,9 +88,9 @@ class NeuronGroup:
     # ``[neurons]``: those a zero scale of the group's norms silences (their producers reach
     # every consumer through these norms); None: all of them (see norm_paths).
     silenced: Tensor | None = None
-    # ``[neurons]``: those whose channel carries the network input whatever their rows (an add
-    # joins it, or they are its channels), so zero rows never make them removable (see
-    # pinned.py); None: none.
+    # ``[neurons]``: those compaction keeps whatever their rows (their channel carries the
+    # network input, a normalisation mixes it with others, or it passes a channel shuffle),
+    # so zero rows never make them removable (see pinned.py); None: none.
     pinned: Tensor | None = None
     # For each grouped convolution the neurons reach, the block of each (grouped_conv_blocks):
     # compaction removes as many dead neurons from each block as from the one with fewest.
