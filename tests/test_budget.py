@@ -88,6 +88,29 @@ def test_uniform_selection_narrows_every_layer_alike_to_within_two_percent(name,
         assert d.all() or not d.any() or s[~d].min() >= s[d].max()
 
 
+@pytest.mark.parametrize("select", ["greedy", "uniform", "revive"])
+def test_a_selection_prices_what_compaction_removes_from_grouped_convolutions(select):
+    """AlexNet's two towers: a grouped convolution loses as many dead neurons from each half
+    as from the half with fewest, and ``dead()`` counts that. A selection that priced every
+    neuron it marked ended above its budget once the uneven ones stayed (uniform at 20%:
+    20.5%; greedy 20.2%), and revival brought back one neuron where its half's partner had
+    to come too."""
+    torch.manual_seed(0)
+    shape = (3, 67, 67)
+    model = models.create("alexnet", num_classes=10, input_size=67).eval()
+    groups = neuron_groups(model, shape)
+    cost = CostModel(model, shape, groups)
+    scores = [torch.rand(g.size) for g in groups]
+    if select == "revive":
+        kill(groups, greedy(cost, Budget(params=0.1), scores))
+        dead = revive(cost, Budget(params=0.2), groups, [g.dead().cpu() for g in groups])
+    else:
+        dead = {"greedy": greedy, "uniform": uniform}[select](cost, Budget(params=0.2), scores)
+    kill(groups, dead)
+    assert [int(g.dead().sum()) for g in groups] == [int(d.sum()) for d in dead]
+    assert 0.2 * 0.98 <= cost.fractions(cost.dead_counts())["params"] <= 0.2
+
+
 def test_a_flops_budget_and_both_budgets():
     model, shape, groups, cost = _model("vgg_small")
     for budget in (Budget(flops=0.2), Budget(params=0.3, flops=0.2)):

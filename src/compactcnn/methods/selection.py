@@ -16,7 +16,7 @@ from torch import Tensor
 
 from compactcnn.errors import CompactCNNError
 from compactcnn.methods.budget import Budget, CostModel
-from compactcnn.sparsity.neurons import NeuronGroup
+from compactcnn.sparsity.neurons import NeuronGroup, even
 from compactcnn.surgery.factorise import RANK_TOL
 
 Masks = list[Tensor]
@@ -36,6 +36,23 @@ def current_dead(groups: Sequence[NeuronGroup]) -> Masks:
     return [g.dead().cpu() for g in groups]
 
 
+def _removed(cost: CostModel, g: int, mask: Tensor) -> float:
+    """How many of group ``g``'s marked neurons compaction removes: grouped convolutions'
+    blocks give up as many as their block with fewest (the rule of ``NeuronGroup.dead``), so
+    a selection prices what it will win, not what it marks."""
+    blocks = cost.groups[g].blocks
+    return float(even(mask, blocks).sum()) if blocks else float(mask.sum())
+
+
+def _counts(cost: CostModel, dead: Masks) -> Tensor:
+    return torch.tensor([_removed(cost, g, d) for g, d in enumerate(dead)], dtype=torch.float64)
+
+
+def _evened(cost: CostModel, dead: Masks) -> Masks:
+    """The marks compaction honours: a neuron it would keep is not zeroed for nothing."""
+    return [even(d, cost.groups[g].blocks) for g, d in enumerate(dead)]
+
+
 def greedy(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Masks | None = None,
            keep: int = 1) -> Masks:
     """Kill neurons in ascending order of score, across all groups, until the budget is met;
@@ -49,23 +66,23 @@ def greedy(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mask
     scores = _unpinned(cost, scores)
     dead = [d.clone() for d in dead] if dead is not None else [torch.zeros(len(s), dtype=torch.bool)
                                                                for s in scores]
-    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    counts = _counts(cost, dead)
     order = sorted((float(s[i]), g, i) for g, s in enumerate(scores) for i in range(len(s))
                    if not dead[g][i])
     taken = []
     for score, g, i in order:
         if budget.met(cost.fractions(counts)) or not math.isfinite(score):
             break
-        if len(scores[g]) - counts[g] <= keep:
+        if len(scores[g]) - int(dead[g].sum()) <= keep:
             continue
         dead[g][i] = True
-        counts[g] += 1
+        counts[g] = _removed(cost, g, dead[g])
         taken.append((g, i))
     if not budget.met(cost.fractions(counts)):
         raise CompactCNNError(f"the budget {budget} cannot be met: with every neuron this method "
                               f"ranks removed the model keeps {_describe(cost.fractions(counts))}")
     _spare(cost, budget, dead, counts, reversed(taken))
-    return dead
+    return _evened(cost, dead)
 
 
 def fill(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Masks) -> Masks:
@@ -75,22 +92,22 @@ def fill(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Masks)
     still have their trained weights, so sparing one costs nothing but parameters.
     """
     dead = [d.clone() for d in dead]
-    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    counts = _counts(cost, dead)
     order = sorted(((float(s[i]), g, i) for g, s in enumerate(scores) for i in range(len(s))
                     if dead[g][i]), reverse=True)
     _spare(cost, budget, dead, counts, ((g, i) for _, g, i in order))
-    return dead
+    return _evened(cost, dead)
 
 
 def _spare(cost: CostModel, budget: Budget, dead: Masks, counts: Tensor,
            candidates: Iterable[tuple[int, int]]) -> None:
     """Unmark each candidate (group, neuron), in order, whose return keeps the budget met."""
     for g, i in candidates:
-        counts[g] -= 1
-        if budget.met(cost.fractions(counts)):
-            dead[g][i] = False
-        else:
-            counts[g] += 1
+        dead[g][i] = False
+        before, counts[g] = counts[g].item(), _removed(cost, g, dead[g])
+        if not budget.met(cost.fractions(counts)):
+            dead[g][i] = True
+            counts[g] = before
 
 
 def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead: Masks,
@@ -107,23 +124,26 @@ def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead:
     group+low-rank revived its way from 10% to 15.8% of the parameters.
     """
     dead = [d.clone() for d in dead]
-    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    counts = _counts(cost, dead)
     revived: list[list[int]] = [[] for _ in groups]
     while budget.excess(cost.fractions(counts)) < -slack:
         share = [float(c) / g.size if c else -1.0 for c, g in zip(counts, groups, strict=True)]
         k = max(range(len(groups)), key=share.__getitem__)
         if share[k] < 0:
             break
-        counts[k] -= 1
+        trial = dead[k].clone()
+        trial[int(dead[k].nonzero()[0])] = False
+        trial = even(trial, groups[k].blocks)  # a grouped block's partners come back with it
+        back = (dead[k] & ~trial).nonzero().flatten().tolist()
+        before, counts[k] = counts[k].item(), float(trial.sum())
         widened = cost.widened_by(k)
-        cost.ranks[widened] += 1
+        cost.ranks[widened] += len(back)
         if not budget.met(cost.fractions(counts)):
-            counts[k] += 1
-            cost.ranks[widened] -= 1
+            counts[k] = before
+            cost.ranks[widened] -= len(back)
             break
-        i = int(dead[k].nonzero()[0])
-        dead[k][i] = False
-        revived[k].append(i)
+        dead[k] = trial
+        revived[k].extend(back)
     with torch.no_grad():
         for group, rows, mask in zip(groups, revived, dead, strict=True):
             if rows:
@@ -226,7 +246,7 @@ def uniform(cost: CostModel, budget: Budget, scores: Sequence[Tensor], keep: int
         return out
 
     def counts(share: float) -> Tensor:
-        return torch.tensor([float(d.sum()) for d in masks(share)], dtype=torch.float64)
+        return _counts(cost, masks(share))
 
     if not budget.met(cost.fractions(counts(0.0))):
         raise CompactCNNError(f"the budget {budget} cannot be met by narrowing every layer "
@@ -247,7 +267,8 @@ def _top_up(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mas
     allows: no layer's share passes the smallest one by more than two neurons of the
     smallest layer (once the expensive layers no longer fit, the cheap ones would otherwise
     take every neuron left: vgg_small's first convolution at 21/32 beside 74/128)."""
-    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    dead = _evened(cost, dead)
+    counts = _counts(cost, dead)
     sizes = [len(s) for s in scores]
     step = 2 / min(sizes)
     open_ = {g for g in range(len(scores)) if counts[g] > 0}
@@ -256,13 +277,16 @@ def _top_up(cost: CostModel, budget: Budget, scores: Sequence[Tensor], dead: Mas
         g = min(open_, key=lambda k: (shares[k], k))
         if (sizes[g] - counts[g] + 1) / sizes[g] > min(shares) + step + 1e-12:
             break  # the least kept open layer is the one to grow: the rest would pass it more
-        counts[g] -= 1
+        candidates = dead[g].nonzero().flatten()
+        trial = dead[g].clone()
+        trial[candidates[torch.argmax(scores[g][candidates])]] = False
+        trial = even(trial, cost.groups[g].blocks)  # a grouped block gives back evenly
+        before, counts[g] = counts[g].item(), float(trial.sum())
         if not budget.met(cost.fractions(counts)):  # nor later: the rest only grows
-            counts[g] += 1
+            counts[g] = before
             open_.discard(g)
             continue
-        candidates = dead[g].nonzero().flatten()
-        dead[g][candidates[torch.argmax(scores[g][candidates])]] = False
+        dead[g] = trial
         if counts[g] == 0:
             open_.discard(g)
     return dead
