@@ -40,8 +40,7 @@ def _removed(cost: CostModel, g: int, mask: Tensor) -> float:
     """How many of group ``g``'s marked neurons compaction removes: grouped convolutions'
     blocks give up as many as their block with fewest (the rule of ``NeuronGroup.dead``), so
     a selection prices what it will win, not what it marks."""
-    blocks = cost.groups[g].blocks
-    return float(even(mask, blocks).sum()) if blocks else float(mask.sum())
+    return float(even(mask, cost.groups[g].blocks).sum())
 
 
 def _counts(cost: CostModel, dead: Masks) -> Tensor:

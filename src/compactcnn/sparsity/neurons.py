@@ -153,10 +153,13 @@ class NeuronGroup:
 def even(dead: Tensor, blocks: list[Tensor]) -> Tensor:
     """``dead`` less the neurons a grouped convolution must keep to stay even: each of
     ``blocks`` (one per grouped convolution, the block of each neuron) gives up as many dead
-    neurons in every block as in its block with fewest, the first ones of each block."""
+    neurons in every block as in its block with fewest, the first ones of each block. Without
+    blocks (most models) ``dead`` itself comes back: ``dead()`` runs at every step."""
+    if not blocks:
+        return dead
     dead = dead.clone()
     changed = True
-    while changed and blocks:
+    while changed:
         changed = False
         for block in blocks:
             block = block.to(dead.device)
