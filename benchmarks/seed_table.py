@@ -17,6 +17,8 @@ import json
 import statistics
 from pathlib import Path
 
+from compactcnn.files.atomic import atomic_write
+
 
 def read(run: Path) -> dict:
     report = json.loads((run / "report.json").read_text())
@@ -60,7 +62,7 @@ def main() -> None:
     text = table(runs)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        atomic_write(args.out, text + "\n")
 
 
 if __name__ == "__main__":

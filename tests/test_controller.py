@@ -10,7 +10,7 @@ from compactcnn import models
 from compactcnn.files import checkpoint as checkpoint_file
 from compactcnn.methods.budget import Budget, CostModel
 from compactcnn.methods.controller import GAIN, INTERVAL, LamController
-from compactcnn.methods.selection import current_dead, greedy, kill
+from compactcnn.methods.selection import SLACK, current_dead, greedy, kill
 from compactcnn.sparsity import neuron_groups
 
 
@@ -115,11 +115,65 @@ def test_a_restored_controller_holds_the_same_frozen_neurons(tmp_path):
     assert [m.tolist() for m in current_dead(twin.cost.groups)] == [m.tolist() for m in dead]
 
 
-def test_a_low_rank_run_keeps_steering_at_the_budget():
+def _ranked_controller(budget: float = 0.1) -> LamController:
     torch.manual_seed(0)
     model = models.create("lenet5")
     cost = CostModel(model, (1, 28, 28), neuron_groups(model, (1, 28, 28)), ranked=True)
-    c = LamController(cost, Budget(params=0.1), steps=1000)
-    _meet_the_budget(c)
+    return LamController(cost, Budget(params=budget), steps=1000)
+
+
+def _kill_live(group, count: int) -> None:
+    live = (~group.dead()).nonzero().flatten()
+    with torch.no_grad():
+        matrix = group.matrix()
+        matrix[live[:count]] = 0
+        group.write(matrix)
+
+
+def test_a_low_rank_run_steers_at_the_budget_and_freezes_once_it_overshoots():
+    c = _ranked_controller()
+    _meet_the_budget(c)  # within a neuron of it, priced at full rank: the weights are random
+    assert -SLACK <= c.budget.excess(c.cost.fractions(c.cost.dead_counts(), full_rank=True))
+    c.after_step(0)
+    assert c.frozen is None and c(0) == c.multiplier > 0  # the penalties go on at the budget
+    fc3 = c.cost.groups[2]  # LeNet's parameters live in fc3: a fifth of its survivors die
+    _kill_live(fc3, int((~fc3.dead()).sum()) // 5)
+    dead = current_dead(c.cost.groups)
+    assert c.budget.excess(c.cost.fractions(c.cost.dead_counts(), full_rank=True)) < -SLACK
+    c.after_step(1)
+    assert c(1) == 0.0
+    _move_every_neuron(c)  # the ranks, free after the freeze, may grow: the neurons stay dead
+    c.after_step(2)
+    assert [m.tolist() for m in current_dead(c.cost.groups)] == [m.tolist() for m in dead]
+
+
+def test_a_low_rank_run_whose_budget_rests_on_ranks_keeps_steering():
+    c = _ranked_controller()
+    fc = max((m for _, m in c.cost.ranked()), key=lambda m: m.weight.numel())
+    with torch.no_grad():
+        u, v = torch.randn(fc.weight.shape[0], 1), torch.randn(1, fc.weight.shape[1])
+        fc.weight.copy_(u @ v)  # fc3, 93% of LeNet's parameters, at rank one
+    dead = c.cost.dead_counts()
+    assert c.budget.met(c.cost.fractions(dead))  # met by the ranks...
+    assert not c.budget.met(c.cost.fractions(dead, full_rank=True))  # ...not by the neurons
     c.after_step(0)
     assert c.frozen is None and c(0) == c.multiplier > 0
+
+
+def test_one_neuron_beyond_the_budget_is_no_overshoot():
+    c = _ranked_controller(budget=0.05)
+    _meet_the_budget(c)
+    dead = c.cost.dead_counts()
+
+    def below(group: int, more: int) -> float:
+        return c.budget.excess(c.cost.fractions(dead + more * torch.eye(len(dead))[group],
+                                                full_rank=True))
+
+    # A layer whose one neuron costs more than the slack (at 5% of LeNet, conv2's or fc3's).
+    g = next(g for g in range(len(dead)) if below(g, 1) < -SLACK)
+    _kill_live(c.cost.groups[g], 1)
+    c.after_step(0)
+    assert c.frozen is None and c(0) > 0
+    _kill_live(c.cost.groups[g], int((~c.cost.groups[g].dead()).sum()) // 4)
+    c.after_step(1)
+    assert c(1) == 0.0

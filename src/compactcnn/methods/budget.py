@@ -106,13 +106,16 @@ class CostModel:
         self._d_in = torch.tensor(d_in, dtype=torch.float64).reshape(len(groups), len(rows))
         self.dense = self.absolute(torch.zeros(len(groups)))
 
-    def absolute(self, dead: Tensor) -> dict[str, float]:
-        """Parameters and FLOPs with ``dead[g]`` neurons removed from group ``g``."""
+    def absolute(self, dead: Tensor, full_rank: bool = False) -> dict[str, float]:
+        """Parameters and FLOPs with ``dead[g]`` neurons removed from group ``g``; with
+        ``full_rank``, every layer priced dense, whatever ranks were read."""
         dead = dead.to(torch.float64)
         out = self._out - dead @ self._d_out
         inp = self._in - dead @ self._d_in
         fan_in = inp * self._kernel
-        rank = torch.minimum(self.ranks, torch.minimum(out, fan_in))
+        rank = torch.minimum(out, fan_in)
+        if not full_rank:
+            rank = torch.minimum(self.ranks, rank)
         weights = torch.minimum(out * fan_in, rank * (fan_in + out))  # dense, or the pair
         params = weights + out * self._own
         flops = 2 * weights * self._hw
@@ -133,9 +136,9 @@ class CostModel:
         own layers and their consumers."""
         return ((self._d_out[g] != 0) | (self._d_in[g] != 0)).nonzero().flatten()
 
-    def fractions(self, dead: Tensor) -> dict[str, float]:
+    def fractions(self, dead: Tensor, full_rank: bool = False) -> dict[str, float]:
         """The same, as fractions of the dense model's."""
-        now = self.absolute(dead)
+        now = self.absolute(dead, full_rank)
         return {k: now[k] / self.dense[k] for k in METRICS}
 
     def dense_fractions(self) -> dict[str, float]:
@@ -146,6 +149,10 @@ class CostModel:
         ranked model, each layer's rank, which prices every later call)."""
         for i, module in self._ranked:
             self.ranks[i] = float(weight_rank(module.weight))
+        return self.dead_neurons()
+
+    def dead_neurons(self) -> Tensor:
+        """Dead neurons per group, without reading ranks (no SVD: cheap at every step)."""
         return torch.tensor([int(g.dead().sum()) for g in self.groups], dtype=torch.float64)
 
     def per_neuron(self, metric: str) -> Tensor:

@@ -12,8 +12,9 @@ the budget are trimmed (smallest group norm relative to its layer's live neurons
 that layers of different widths compare); if the network is more than 2% below the budget
 (a step killed more than the budget needed), dead neurons come back, freshly initialised, in
 the layers that lost the largest share, while the budget holds; under a low-rank penalty,
-which does not freeze, an overshoot lies in the ranks, so fresh directions come back too, in
-the factorised layers that kept the smallest share of their rank. The surviving architecture
+which freezes only once it overshoots (the controller's docstring), an overshoot may lie in the
+ranks, so fresh directions come back too, in the factorised layers that kept the smallest share
+of their rank. The surviving architecture
 trains for the remaining epochs.
 """
 

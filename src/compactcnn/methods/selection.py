@@ -19,6 +19,8 @@ from compactcnn.methods.budget import Budget, CostModel
 from compactcnn.sparsity.neurons import NeuronGroup, even
 from compactcnn.surgery.factorise import RANK_TOL
 
+SLACK = 0.02  # how far below the budget a selection may end before dead neurons come back
+
 Masks = list[Tensor]
 
 
@@ -110,7 +112,7 @@ def _spare(cost: CostModel, budget: Budget, dead: Masks, counts: Tensor,
 
 
 def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead: Masks,
-           slack: float = 0.02) -> Masks:
+           slack: float = SLACK) -> Masks:
     """Bring dead neurons back, freshly initialised, while the budget still holds, when the
     network lies more than ``slack`` below it: one at a time, in the layer that has lost the
     largest share of its neurons.
@@ -150,7 +152,7 @@ def revive(cost: CostModel, budget: Budget, groups: Sequence[NeuronGroup], dead:
     return dead
 
 
-def revive_rank(cost: CostModel, budget: Budget, dead: Masks, slack: float = 0.02) -> None:
+def revive_rank(cost: CostModel, budget: Budget, dead: Masks, slack: float = SLACK) -> None:
     """Give factorised layers rank back, while the network lies more than ``slack`` below the
     budget: the low-rank counterpart of :func:`revive`, for a ranked cost model and neurons
     already killed.
