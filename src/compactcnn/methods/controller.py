@@ -63,7 +63,7 @@ class LamController:
     overshoots: when its dead neurons alone, every layer priced at full rank (its ranks are
     free after the freeze and may grow back, which a mask cannot hold), lie more than
     ``SLACK`` (2%) below the budget, where the selection starts bringing neurons back, even
-    with any one of them back (on lenet5 at 5% one fc3 neuron is 4% of the budget, and one
+    with any one of them back (on lenet5 at 5% one conv2 neuron is 4% of the budget, and one
     neuron too many is no overshoot). Until then its penalties go on at the budget, lam
     falling as the network runs ahead of the path. Measured (session 13, seed 0): freezing
     such runs at the budget lost 0.25 points on lenet5 at 10% and 5% and 0.12 on vgg_small at

@@ -14,8 +14,7 @@ that layers of different widths compare); if the network is more than 2% below t
 the layers that lost the largest share, while the budget holds; under a low-rank penalty,
 which freezes only once it overshoots (the controller's docstring), an overshoot may lie in the
 ranks, so fresh directions come back too, in the factorised layers that kept the smallest share
-of their rank. The surviving architecture
-trains for the remaining epochs.
+of their rank. The surviving architecture trains for the remaining epochs.
 """
 
 from __future__ import annotations
