@@ -97,6 +97,7 @@ def test_an_impossible_budget_is_refused_before_training(tmp_path):
     (["--method", "l1-filter"], "needs a budget"),
     (["--method", "slimming", "--target", "params=0.1"], "no BatchNorm"),
     (["--method", "scratch", "--target", "params=0.1"], "widths"),
+    (["--target", "params=0.1", "--min-neurons", "0"], "--min-neurons must be >= 1"),
 ])
 def test_bad_budgets_and_methods_get_one_line_and_exit_2(argv, words, tmp_path, capsys):
     code = main(["train", "--model", "lenet5", "--data", "synthetic", "--limit", "64",

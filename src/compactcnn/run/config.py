@@ -87,7 +87,8 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, "ramp lam from 0 over these epochs")
     lr_warmup_epochs: float = option(1.0, "ramp the learning rate from lr/10 over these epochs "
                                      "(Caffe's LeNet, without normalisation, diverges without it)")
-    min_neurons: int = option(1, "neurons every layer keeps, whatever the penalty")
+    min_neurons: int = option(1, "neurons every layer keeps, whatever the penalty (at least 1 "
+                              "with --target)")
     method: str | None = option(None, "how the network is made compact (default: the --reg "
                                 "penalty with --lam as given)", tuple(METHODS))
     target: str | None = option(None, "the budget: params=F and/or flops=F, e.g. params=0.10")
@@ -165,6 +166,11 @@ class TrainConfig:
             raise CompactCNNError(f"prune_fraction must be in (0, 1], got {self.prune_fraction}")
         if self.target is not None:
             Budget.parse(self.target)
+            if self.min_neurons < 1:
+                # The budget prices a layer whose every neuron died as gone, but compaction
+                # keeps one neuron of it, so the compact network would not be the one priced.
+                raise CompactCNNError("a budget run keeps at least one neuron per layer: "
+                                      "--min-neurons must be >= 1 with --target")
         if self.widths is not None:
             parse_widths(self.widths)
         if self.reg is None:
