@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from compactcnn.accounting.accuracy import evaluate
 from compactcnn.cli import main
@@ -52,6 +53,8 @@ def test_report_agrees_with_the_compact_model(run_dir: Path) -> None:
         assert key in report
     for side in ("dense", "compact"):
         assert {"params", "memory_bytes", "flops"} <= report[side].keys()
+    assert report["machine"] == {"torch": torch.__version__, "device": "cpu",
+                                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     model = io.load(run_dir / "model.safetensors")
     assert report["compact"]["params"] == sum(p.numel() for p in model.parameters())
     widths = {n: m.out_channels if hasattr(m, "out_channels") else m.out_features

@@ -58,6 +58,15 @@ def run(cfg: TrainConfig, out: Path, resuming: bool = False,
     return _finish(session, out, torch.device(device))
 
 
+def _machine(device: torch.device) -> dict[str, str]:
+    """What a rerun must share to give this report's figures to the digit: torch builds and
+    CPU instruction sets round floats differently, and a few ulps early on move a whole
+    trajectory (lenet5 at 10%: 91.36% on one CPU, 91.29% on another, same command)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": name}
+
+
 def _finish(session: Session, out: Path, device: torch.device) -> dict[str, Any]:
     cfg, splits = session.cfg, session.splits
     selection = None
@@ -92,7 +101,7 @@ def _finish(session: Session, out: Path, device: torch.device) -> dict[str, Any]
     result = asdict(cfg) | {  # the configuration as given, then results under keys of their own
         "accuracy": acc, "accuracy_before_finetune": acc_sparse,
         "input_shape": list(shape), "train_seconds": sum(h["seconds"] for h in history),
-        "history": history, "finetune_history": ft_history,
+        "history": history, "finetune_history": ft_history, "machine": _machine(device),
     } | summary
     if session.ctx is not None:
         result["budget"] = {"target": cfg.target, "reached": reached(session.ctx, small)}
