@@ -295,3 +295,25 @@ def test_the_compact_network_continues_or_restarts_the_schedule(compact_lr, tmp_
         assert starts[2] == pytest.approx(lr)
     else:  # halfway down the cosine over 4 epochs
         assert starts[2] == pytest.approx(lr / 2, rel=0.05)
+
+
+
+def test_label_smoothing_shapes_the_loss_of_every_phase(tmp_path, monkeypatch):
+    """Sparse phase, compact network and fine-tuning all train on the smoothed loss."""
+    from compactcnn.run import loop
+
+    real, losses = loop.run_epoch, []
+
+    def record(*args, loss_fn=torch.nn.functional.cross_entropy, **kwargs):
+        losses.append(loss_fn)
+        return real(*args, loss_fn=loss_fn, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", record)
+    run(_cfg("group", model="lenet5", epochs=4, finetune_epochs=1, label_smoothing=0.3), tmp_path)
+    logits, labels = torch.randn(16, 10, generator=torch.Generator().manual_seed(0)), \
+        torch.arange(16) % 10
+    smoothed = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.3)
+    assert len(losses) == 5  # two sparse epochs, two of the compact network, one fine-tuning
+    assert all(torch.equal(loss_fn(logits, labels), smoothed) for loss_fn in losses)
+    with pytest.raises(CompactCNNError, match=r"label_smoothing must be in \[0, 1\), got 1"):
+        TrainConfig(label_smoothing=1.0)

@@ -84,6 +84,9 @@ class TrainConfig:
     test_limit: int | None = option(None, "use only the first N test images")
     val_fraction: float = option(0.1, "share of the training images held out for validation")
     augment: bool = option(False, "random crops and flips")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss, in [0, 1): "
+                                    "against a small network's overfitting; validation and "
+                                    "test figures stay plain cross-entropy and accuracy")
     warmup_epochs: float = option(0.0, "ramp lam from 0 over these epochs")
     lr_warmup_epochs: float = option(1.0, "ramp the learning rate from lr/10 over these epochs "
                                      "(Caffe's LeNet, without normalisation, diverges without it)")
@@ -123,6 +126,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise CompactCNNError(f"{name} must be >= 0, got {value}")
+        if not 0 <= self.label_smoothing < 1:
+            raise CompactCNNError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise CompactCNNError(f"lr must be > 0, got {self.lr}")
         self._check_method()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import torch
@@ -100,7 +101,8 @@ def rank_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, world:
     return batch_loader(dataset, share(batches, world.rank, world.size), augment, workers)
 
 
-def share_loss(world: World) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def share_loss(world: World, smoothing: float = 0.0
+               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss a rank back-propagates for its share of a global batch.
 
     DDP averages the ranks' gradients, which is the gradient of the global batch's mean loss
@@ -109,13 +111,14 @@ def share_loss(world: World) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     mean's gradient for any shares, an empty one included (its loss is 0 but still takes
     part in the all-reduces). The value returned is the share's own mean loss (0 when empty),
     for the progress figures. One process takes plain ``F.cross_entropy``, so that a
-    one-process torchrun run is exactly the plain run.
+    one-process torchrun run is exactly the plain run. ``smoothing`` is the run's label
+    smoothing, which the summed loss keeps (it is a per-sample term).
     """
     if world.size == 1:
-        return F.cross_entropy
+        return partial(F.cross_entropy, label_smoothing=smoothing)
 
     def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        total = F.cross_entropy(out, y, reduction="sum")
+        total = F.cross_entropy(out, y, reduction="sum", label_smoothing=smoothing)
         global_size = torch.tensor(len(y), device=out.device)
         dist.all_reduce(global_size)
         weighted = total * (world.size / global_size.item())

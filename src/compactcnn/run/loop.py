@@ -30,7 +30,7 @@ from compactcnn.data.splits import Splits
 from compactcnn.errors import CompactCNNError
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.device import model_device
-from compactcnn.run.distributed import global_means, rank_loader, share_loss
+from compactcnn.run.distributed import SINGLE, global_means, rank_loader, share_loss
 from compactcnn.run.optimizers import base_optimizer, batches_per_epoch, schedule
 from compactcnn.run.rundir import CHECKPOINT
 from compactcnn.run.session import Progress, Session, live_neurons, save_checkpoint
@@ -149,7 +149,8 @@ def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
                 loss, acc = run_epoch(session.net, session.optimizer, session.scheduler,
                                       loader, f"epoch {e + 1}/{cfg.epochs}", status,
                                       session.progress, lambda: sigint.requested,
-                                      show=world.is_main, loss_fn=share_loss(world))
+                                      show=world.is_main,
+                                      loss_fn=share_loss(world, cfg.label_smoothing))
             except Interrupted:
                 save_checkpoint(session, run_dir / CHECKPOINT)
                 raise KeyboardInterrupt from None
@@ -192,7 +193,8 @@ def train_compact(model: nn.Module, splits: Splits, cfg: TrainConfig, first_epoc
     for e in range(first_epoch, cfg.epochs):
         loader = epoch_loader(splits.train, cfg.batch_size, cfg.seed, e, cfg.augment)
         start = time.perf_counter()
-        loss, acc = run_epoch(model, optimizer, scheduler, loader, f"epoch {e + 1}/{cfg.epochs}")
+        loss, acc = run_epoch(model, optimizer, scheduler, loader, f"epoch {e + 1}/{cfg.epochs}",
+                              loss_fn=share_loss(SINGLE, cfg.label_smoothing))
         val_loss, val_acc = evaluate(model, splits.val)
         history.append({"epoch": e + 1, "loss": loss, "accuracy": acc, "val_loss": val_loss,
                         "val_accuracy": val_acc, "seconds": time.perf_counter() - start})
@@ -212,7 +214,8 @@ def finetune(model: nn.Module, splits: Splits, cfg: TrainConfig) -> list[dict[st
     for e in range(cfg.finetune_epochs):
         loader = epoch_loader(splits.train, cfg.batch_size, cfg.seed + 1, e, cfg.augment)
         loss, acc = run_epoch(model, base, scheduler, loader,
-                              f"fine-tune {e + 1}/{cfg.finetune_epochs}")
+                              f"fine-tune {e + 1}/{cfg.finetune_epochs}",
+                              loss_fn=share_loss(SINGLE, cfg.label_smoothing))
         _, val_acc = evaluate(model, splits.val)
         history.append({"epoch": e + 1, "loss": loss, "accuracy": acc, "val_accuracy": val_acc})
         tqdm.write(f"fine-tune {e + 1}/{cfg.finetune_epochs}  loss {loss:.4f}  acc {acc:.4f}  "
