@@ -27,7 +27,15 @@ def read(run: Path) -> dict:
             "params": compact["params"] / dense["params"],
             "flops": compact["flops"] / dense["flops"],
             "widths": "-".join(str(layer["neurons_after"]) for layer in report["layers"]),
-            "run": str(run)}
+            "run": str(run), "machine": _machine(report.get("machine"))}
+
+
+def _machine(recorded: dict | None) -> str:
+    """Where a run was made: the same command drifts a few tenths between CPUs that round
+    floats differently, so a table that mixes machines says so."""
+    if recorded is None:
+        return "not recorded (a run older than the report's machine field)"
+    return f"{recorded['device']}, {recorded['cpu_capability']}, torch {recorded['torch']}"
 
 
 def table(runs: dict[str, list[dict]]) -> str:
@@ -43,6 +51,8 @@ def table(runs: dict[str, list[dict]]) -> str:
                  ", ".join(r["widths"] for r in rows),
                  ", ".join(f"`{r['run']}`" for r in rows)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    machines = sorted({r["machine"] for rows in runs.values() for r in rows})
+    lines += ["", "Made on: " + "; ".join(machines) + "."]
     return "\n".join(lines)
 
 
