@@ -84,9 +84,9 @@ class TrainConfig:
     test_limit: int | None = option(None, "use only the first N test images")
     val_fraction: float = option(0.1, "share of the training images held out for validation")
     augment: bool = option(False, "random crops and flips")
-    label_smoothing: float = option(0.0, "label smoothing of the training loss, in [0, 1): "
-                                    "against a small network's overfitting; validation and "
-                                    "test figures stay plain cross-entropy and accuracy")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss, in [0, 1), in "
+                                    "every phase; validation and test figures stay plain "
+                                    "cross-entropy and accuracy")
     warmup_epochs: float = option(0.0, "ramp lam from 0 over these epochs")
     lr_warmup_epochs: float = option(1.0, "ramp the learning rate from lr/10 over these epochs "
                                      "(Caffe's LeNet, without normalisation, diverges without it)")
