@@ -297,7 +297,6 @@ def test_the_compact_network_continues_or_restarts_the_schedule(compact_lr, tmp_
         assert starts[2] == pytest.approx(lr / 2, rel=0.05)
 
 
-
 def test_label_smoothing_shapes_the_loss_of_every_phase(tmp_path, monkeypatch):
     """Sparse phase, compact network and fine-tuning all train on the smoothed loss."""
     from compactcnn.run import loop

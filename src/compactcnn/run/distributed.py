@@ -110,9 +110,9 @@ def share_loss(world: World, smoothing: float = 0.0
     loss times N / (global batch size): the average over the N ranks is then the global
     mean's gradient for any shares, an empty one included (its loss is 0 but still takes
     part in the all-reduces). The value returned is the share's own mean loss (0 when empty),
-    for the progress figures. One process takes plain ``F.cross_entropy``, so that a
-    one-process torchrun run is exactly the plain run. ``smoothing`` is the run's label
-    smoothing, which the summed loss keeps (it is a per-sample term).
+    for the progress figures. One process takes ``F.cross_entropy`` itself, so that a
+    one-process torchrun run is exactly the plain run. Both keep ``smoothing``, the run's
+    label smoothing: it is a per-sample term, so the summed share carries it unchanged.
     """
     if world.size == 1:
         return partial(F.cross_entropy, label_smoothing=smoothing)
