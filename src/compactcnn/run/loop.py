@@ -135,6 +135,7 @@ def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
         return f"live {sum(live.values())}" if live else ""
 
     world = session.world
+    loss_fn = share_loss(world, cfg.label_smoothing)
     # Under torchrun a Ctrl-C reaches the ranks at different batches, and a rank that stops
     # early would leave the others waiting in an all-reduce: there it simply ends the run.
     with _StopOnSigint() if not world.active else nullcontext(_NEVER) as sigint:
@@ -149,8 +150,7 @@ def train(session: Session, run_dir: Path, until: int | None = None) -> Session:
                 loss, acc = run_epoch(session.net, session.optimizer, session.scheduler,
                                       loader, f"epoch {e + 1}/{cfg.epochs}", status,
                                       session.progress, lambda: sigint.requested,
-                                      show=world.is_main,
-                                      loss_fn=share_loss(world, cfg.label_smoothing))
+                                      show=world.is_main, loss_fn=loss_fn)
             except Interrupted:
                 save_checkpoint(session, run_dir / CHECKPOINT)
                 raise KeyboardInterrupt from None
@@ -189,12 +189,13 @@ def train_compact(model: nn.Module, splits: Splits, cfg: TrainConfig, first_epoc
     for _ in range(done):  # the schedule's position: arithmetic only, no training
         optimizer.step()
         scheduler.step()
+    loss_fn = share_loss(SINGLE, cfg.label_smoothing)
     history = []
     for e in range(first_epoch, cfg.epochs):
         loader = epoch_loader(splits.train, cfg.batch_size, cfg.seed, e, cfg.augment)
         start = time.perf_counter()
         loss, acc = run_epoch(model, optimizer, scheduler, loader, f"epoch {e + 1}/{cfg.epochs}",
-                              loss_fn=share_loss(SINGLE, cfg.label_smoothing))
+                              loss_fn=loss_fn)
         val_loss, val_acc = evaluate(model, splits.val)
         history.append({"epoch": e + 1, "loss": loss, "accuracy": acc, "val_loss": val_loss,
                         "val_accuracy": val_acc, "seconds": time.perf_counter() - start})
@@ -210,12 +211,12 @@ def finetune(model: nn.Module, splits: Splits, cfg: TrainConfig) -> list[dict[st
     base = base_optimizer(replace(cfg, lr=cfg.learning_rate / 10), model)
     steps = cfg.finetune_epochs * batches_per_epoch(splits.train, cfg.batch_size)
     scheduler = schedule(base, steps)
+    loss_fn = share_loss(SINGLE, cfg.label_smoothing)
     history = []
     for e in range(cfg.finetune_epochs):
         loader = epoch_loader(splits.train, cfg.batch_size, cfg.seed + 1, e, cfg.augment)
         loss, acc = run_epoch(model, base, scheduler, loader,
-                              f"fine-tune {e + 1}/{cfg.finetune_epochs}",
-                              loss_fn=share_loss(SINGLE, cfg.label_smoothing))
+                              f"fine-tune {e + 1}/{cfg.finetune_epochs}", loss_fn=loss_fn)
         _, val_acc = evaluate(model, splits.val)
         history.append({"epoch": e + 1, "loss": loss, "accuracy": acc, "val_accuracy": val_acc})
         tqdm.write(f"fine-tune {e + 1}/{cfg.finetune_epochs}  loss {loss:.4f}  acc {acc:.4f}  "
