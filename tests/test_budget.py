@@ -148,6 +148,47 @@ def test_revive_leaves_a_selection_within_the_slack_alone():
     assert all(torch.equal(a, b) for a, b in zip(again, dead, strict=True))
 
 
+def _fits_one_more(cost, budget, dead) -> bool:
+    counts = torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64)
+    return any(budget.met(cost.fractions(counts - one))
+               for one in torch.eye(len(counts), dtype=counts.dtype)[counts > 0])
+
+
+def test_revive_passes_over_a_layer_whose_neuron_no_longer_fits():
+    """lenet5 below a FLOPs budget, conv1 the layer that lost most: one conv1 filter costs
+    more than the room left, conv2's fit, so the network still comes within two percent."""
+    model, shape, groups, cost = _model("lenet5")
+    dead = [torch.arange(g.size) < n for g, n in zip(groups, (13, 28, 0), strict=True)]
+    flops = cost.fractions(torch.tensor([13.0, 28.0, 0.0], dtype=torch.float64))["flops"]
+    budget = Budget(flops=flops / 0.92)
+    kill(groups, dead)
+    after = revive(cost, budget, groups, dead)
+    counts = torch.tensor([float(d.sum()) for d in after], dtype=torch.float64)
+    assert counts[0] == 13  # a conv1 filter never fitted...
+    assert counts[1] < 28  # ...but conv2's did
+    assert budget.flops * 0.98 <= cost.fractions(counts)["flops"] <= budget.flops
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg_small"])
+@settings(max_examples=8, deadline=None)
+@given(data=st.data())
+def test_under_a_joint_budget_revive_fills_every_metric_that_has_room(name, data):
+    """Revive stops only when no metric has more than two percent of room or no dead neuron
+    fits any more: a FLOPs bound must not leave a parameter budget half used."""
+    model, shape, groups, cost = _model(name)
+    dead = [torch.tensor(data.draw(st.lists(st.booleans(), min_size=g.size, max_size=g.size)))
+            & (torch.arange(g.size) > 0) for g in groups]
+    kill(groups, dead)
+    now = cost.fractions(torch.tensor([float(d.sum()) for d in dead], dtype=torch.float64))
+    budget = Budget(params=min(1.0, now["params"] * data.draw(st.floats(1.0, 3.0))),
+                    flops=min(1.0, now["flops"] * data.draw(st.floats(1.0, 3.0))))
+    after = revive(cost, budget, groups, dead)
+    counts = torch.tensor([float(d.sum()) for d in after], dtype=torch.float64)
+    assert budget.met(cost.fractions(counts))
+    assert budget.room(cost.fractions(counts)) <= 0.02 or not _fits_one_more(cost, budget, after)
+    assert all(bool((a <= d).all()) for a, d in zip(after, dead, strict=True))  # none killed
+
+
 def test_fill_spares_the_highest_scored_neurons_while_the_budget_holds():
     model, shape, groups, cost = _model("vgg_small")
     scores = [torch.rand(g.size) for g in groups]

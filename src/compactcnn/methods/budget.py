@@ -67,6 +67,12 @@ class Budget:
         return max((fractions[k] / getattr(self, k) - 1 for k in METRICS
                     if getattr(self, k) is not None), default=-1.0)
 
+    def room(self, fractions: Mapping[str, float]) -> float:
+        """How far below the budget the roomiest metric lies, relative to it: under a joint
+        budget one metric may bind while the other still has room."""
+        return max((1 - fractions[k] / getattr(self, k) for k in METRICS
+                    if getattr(self, k) is not None), default=0.0)
+
     def met(self, fractions: Mapping[str, float]) -> bool:
         return self.excess(fractions) <= 0
 
