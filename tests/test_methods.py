@@ -215,6 +215,21 @@ def test_reweight_stays_only_in_runs_with_a_group_term():
         _cfg("group", reweight=-0.5)
 
 
+def test_a_flops_budget_shares_lam_by_saving_and_one_that_counts_parameters_by_ownership():
+    assert _cfg("group", target="flops=0.25").balance == "sqrt-cost"
+    assert _cfg("group+low-rank", target="params=0.1,flops=0.2").balance == "none"
+    assert _cfg("group").balance == "none"  # params=0.25
+    assert _cfg("group", target="flops=0.25", balance="none").balance == "none"  # as asked
+    assert _cfg("group", balance="cost").balance == "cost"
+    assert TrainConfig(reg="group", lam=1e-4).balance == "none"  # no budget: no controller
+    for method in ("torch-pruning", "l1-filter", "uniform", "scratch"):  # no lam to share
+        assert _cfg(method, target="flops=0.25", balance="cost").balance == "none"
+    # compare narrows its base to each row: ours keeps the default, a baseline says none
+    base = TrainConfig(target="flops=0.25")
+    assert replace(base, method="group").balance == "sqrt-cost"
+    assert replace(base, method="torch-pruning").balance == "none"
+
+
 def test_lam_starts_higher_only_under_a_reweighted_budget():
     assert _cfg("group").lam == 3e-4
     assert _cfg("group", reweight=0.0).lam == 3e-5  # plain group lasso: as before
