@@ -13,7 +13,9 @@ dense model's, summed), so that lam trades accuracy against the quantity the bud
 - ``cost``: the saving itself, the linear price a Lagrangian of the budget would put on it.
 
 The multipliers are normalised so that the mean threshold over all neurons is unchanged, so a
-lam means about the same size of step whichever balance is chosen.
+lam means about the same size of step whichever balance is chosen. Which rule a run gets by
+default depends on its budget (``TrainConfig._resolve_balance``): what a neuron owns tracks
+its parameters, not its FLOPs.
 """
 
 from __future__ import annotations
