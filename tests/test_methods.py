@@ -33,21 +33,23 @@ def _cfg(method: str, model: str = "vgg_small", target: str = "params=0.25", **k
 
 
 # Those compact by design have their own tests (test_by_design.py): gray_hist needs colour data.
+@pytest.mark.parametrize("metric", ["params", "flops"])
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"filtermap", "gray_hist"}))
-def test_every_method_meets_its_budget_and_reports_the_model_it_saved(method, tmp_path):
-    cfg = _cfg(method)
+def test_every_method_meets_its_budget_and_reports_the_model_it_saved(method, metric, tmp_path):
+    cfg = _cfg(method, target=f"{metric}=0.25")
     result = run(cfg, tmp_path)
-    reached = result["budget"]["reached"]["params"]
+    reached = result["budget"]["reached"]
     if method == "scratch":  # the widths it was given decide its size, not the budget
         widths = dict(w.split("=") for w in cfg.widths.split(","))
         assert {k: int(v) for k, v in widths.items()} == \
             {layer["name"]: layer["neurons_after"] for layer in result["layers"][:-1]}
     else:
-        assert 0.25 * 0.98 <= reached <= 0.25, reached
+        assert 0.25 * 0.98 <= reached[metric] <= 0.25, reached
     saved = modelfile.load(tmp_path / "model.safetensors")
     table = neuron_table(saved, (1, 28, 28))
     assert result["compact"]["params"] == table.total_params
-    assert result["compact"]["params"] == round(reached * result["dense"]["params"])
+    for k in ("params", "flops"):
+        assert result["compact"][k] == round(reached[k] * result["dense"][k])
     assert result["max_abs_output_diff"] <= 1e-5
     assert result["method"] == method
     # Every removed neuron was either dead when the sparse phase ended or chosen at selection.
