@@ -149,7 +149,7 @@ class TrainConfig:
         if self.target is None or self.reg == "none":
             object.__setattr__(self, "balance", "none")
         elif self.balance is None:
-            flops_alone = Budget.parse(self.target).params is None
+            flops_alone = self.budget.params is None
             object.__setattr__(self, "balance", "sqrt-cost" if flops_alone else "none")
 
     def _resolve_reweight(self) -> None:
