@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compactcnn import models
-from compactcnn.methods.balance import BALANCES, balance_weights
+from compactcnn.methods.balance import BALANCES, balance_weights, metric_weights
 from compactcnn.methods.budget import Budget, CostModel
-from compactcnn.methods.controller import LamController
+from compactcnn.methods.controller import GAIN, LamController
 from compactcnn.methods.selection import kill
 from compactcnn.sparsity import GroupLasso, ProximalOptimizer, neuron_groups
 
@@ -58,7 +58,7 @@ def test_none_is_the_plain_weight_and_cost_presses_lenets_conv1_hardest():
     by_name = dict(zip([g.name for g in cost.groups],
                        balance_weights(cost, Budget(params=0.1), "cost"), strict=True))
     assert by_name["conv1"] > 5 * by_name["fc3"]
-    assert sorted(BALANCES) == ["cost", "none", "sqrt-cost"]
+    assert sorted(BALANCES) == ["cost", "none", "per-metric", "sqrt-cost"]
 
 
 def _optimizer(model, lam):
@@ -101,3 +101,80 @@ def test_the_controller_reprices_and_its_weights_survive_a_checkpoint():
     other.weights[:] = [1.0] * len(other.weights)
     other.load_state_dict(state)
     assert other.weights == held
+
+
+@pytest.mark.parametrize("budget, rule", [(Budget(params=0.1), "none"),
+                                          (Budget(flops=0.2), "sqrt-cost")])
+def test_per_metric_under_one_metric_is_that_metrics_own_rule(budget, rule):
+    cost = _cost("lenet5")
+    kill(cost.groups, [torch.arange(g.size) < g.size // 3 for g in cost.groups])
+    ours, named = (LamController(cost, budget, steps=100, balance=b) for b in ("per-metric", rule))
+    for step in (0, 10, 20):
+        ours.update(step)
+        named.update(step)
+        assert ours.weights == named.weights and ours.multiplier == named.multiplier
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg_small"])
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_per_metric_moves_each_metrics_multiplier_by_that_metric_alone(name, data):
+    """A Lagrangian with one multiplier per constraint: a metric behind its path raises its
+    own multiplier, one ahead lowers it, whatever the other does, and each group's weight is
+    the prices mixed by the multipliers, so the mean threshold stays where lam puts it."""
+    cost = _cost(name)
+    budget = Budget(params=data.draw(st.sampled_from([0.05, 0.1, 0.3])),
+                    flops=data.draw(st.sampled_from([0.1, 0.2, 0.5])))
+    c = LamController(cost, budget, steps=100, balance="per-metric")
+    drawn = [torch.tensor(data.draw(st.lists(st.booleans(), min_size=g.size, max_size=g.size)))
+             for g in cost.groups]
+    kill(cost.groups, [d & (torch.arange(len(d)) > 0) for d in drawn])
+    step = data.draw(st.sampled_from([0, 20, 50, 90]))
+    ahead = cost.fractions(cost.dead_counts())  # no norm was read before: none counted falling
+    planned = c.planned(step + c.horizon)
+    c.update(step)
+    for k in ("params", "flops"):
+        assert c.multipliers[k] == pytest.approx(GAIN if ahead[k] > planned[k] else 1 / GAIN)
+    prices = metric_weights(cost, budget, "per-metric")
+    mu = c.multipliers
+    mixed = [(mu["params"] * p + mu["flops"] * f) / (mu["params"] + mu["flops"])
+             for p, f in zip(prices["params"], prices["flops"], strict=True)]
+    assert c.weights == pytest.approx(mixed, rel=1e-12)
+    assert c.multiplier == pytest.approx((mu["params"] + mu["flops"]) / 2)
+    sizes, own = torch.tensor([g.size for g in cost.groups], dtype=torch.float64), _own(cost)
+    weights = torch.tensor(c.weights, dtype=torch.float64)
+    assert (sizes * weights * own).sum() == pytest.approx(float((sizes * own).sum()), rel=1e-9)
+
+
+def test_per_metric_presses_lenets_convolutions_once_its_parameters_are_met():
+    """Under a joint budget on LeNet, with fc3 emptied (93% of the parameters, 17% of the
+    FLOPs) the parameters are ahead and the FLOPs behind: the parameters' multiplier falls,
+    so the FLOPs' price (what a neuron saves in FLOPs) takes over, and the convolutions are
+    pressed harder than what is left of fc3. One multiplier for both, as under ``none``,
+    would rise for both and press every neuron alike."""
+    cost = _cost("lenet5")
+    kill(cost.groups, [torch.arange(g.size) < (490 if g.name == "fc3" else 0)
+                       for g in cost.groups])
+    joint = Budget(params=0.1, flops=0.2)
+    c, plain = (LamController(cost, joint, steps=1000, balance=b) for b in ("per-metric", "none"))
+    c.update(0)
+    plain.update(0)
+    assert c.multipliers == {"params": pytest.approx(1 / GAIN), "flops": pytest.approx(GAIN)}
+    by_name = dict(zip([g.name for g in cost.groups], c.weights, strict=True))
+    assert by_name["conv1"] > by_name["conv2"] > by_name["fc3"]
+    assert plain.multiplier == GAIN and plain.weights == [1.0] * len(cost.groups)
+
+
+def test_a_checkpoint_from_before_multipliers_per_metric_loads_into_each():
+    cost = _cost("lenet5")
+    c = LamController(cost, Budget(params=0.1, flops=0.2), steps=100, balance="per-metric")
+    c.load_state_dict({"multiplier": 3.0, "weights": list(c.weights), "norms": None,
+                       "frozen": None})
+    assert c.multipliers == {"params": 3.0, "flops": 3.0} and c.multiplier == 3.0
+    twin = LamController(cost, Budget(params=0.1, flops=0.2), steps=100, balance="per-metric")
+    c.multipliers["flops"] = 5.0
+    twin.load_state_dict(c.state_dict())
+    assert twin.multipliers == {"params": 3.0, "flops": 5.0}
+    with pytest.raises(ValueError, match="multipliers"):
+        LamController(cost, Budget(params=0.1), steps=100, balance="per-metric").load_state_dict(
+            c.state_dict())

@@ -190,7 +190,8 @@ def test_compare_reads_back_another_comparisons_dense_run(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("options", [{}, {"balance": "cost", "compact_lr": "restart",
-                                           "reweight": 1.0}])
+                                           "reweight": 1.0},
+                                     {"target": "params=0.25,flops=0.5"}])  # per-metric
 def test_a_resumed_budget_run_equals_an_uninterrupted_one(options, tmp_path, monkeypatch):
     cfg = _cfg("group", model="lenet5", epochs=4, prune_fraction=0.75, **options)
     whole = run(cfg, tmp_path / "whole")
@@ -217,9 +218,10 @@ def test_reweight_stays_only_in_runs_with_a_group_term():
         _cfg("group", reweight=-0.5)
 
 
-def test_a_flops_budget_shares_lam_by_saving_and_one_that_counts_parameters_by_ownership():
+def test_each_budget_shares_lam_by_the_price_of_what_it_counts():
     assert _cfg("group", target="flops=0.25").balance == "sqrt-cost"
-    assert _cfg("group+low-rank", target="params=0.1,flops=0.2").balance == "none"
+    assert _cfg("group+low-rank", target="params=0.1,flops=0.2").balance == "per-metric"
+    assert _cfg("group", target="params=0.1,flops=0.2", balance="none").balance == "none"
     assert _cfg("group").balance == "none"  # params=0.25
     assert _cfg("group", target="flops=0.25", balance="none").balance == "none"  # as asked
     assert _cfg("group", balance="cost").balance == "cost"

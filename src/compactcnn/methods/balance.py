@@ -10,7 +10,11 @@ dense model's, summed), so that lam trades accuracy against the quantity the bud
 - ``none``: the plain weight, sqrt(scalars the neuron owns);
 - ``sqrt-cost``: sqrt(saving), the same rule with everything the neuron carries (its inputs to
   the next layer included) in place of what it owns;
-- ``cost``: the saving itself, the linear price a Lagrangian of the budget would put on it.
+- ``cost``: the saving itself, the linear price a Lagrangian of the budget would put on it;
+- ``per-metric``: each metric of the budget priced by its own rule (parameters by ``none``,
+  FLOPs by ``sqrt-cost``, each rule's measured best alone) under its own multiplier, which
+  the controller moves by that metric's own distance to the budget: a Lagrangian with one
+  multiplier per constraint (:func:`metric_weights`).
 
 The multipliers are normalised so that the mean threshold over all neurons is unchanged, so a
 lam means about the same size of step whichever balance is chosen. Which rule a run gets by
@@ -24,8 +28,19 @@ import torch
 
 from compactcnn.methods.budget import METRICS, Budget, CostModel
 
-BALANCES = ("none", "sqrt-cost", "cost")
+BALANCES = ("none", "sqrt-cost", "cost", "per-metric")
 _POWER = {"sqrt-cost": 0.5, "cost": 1.0}
+_OWN_RULE = {"params": "none", "flops": "sqrt-cost"}  # per-metric: each metric's price
+ALL = "all"  # the one price of a rule that sums the budget's metrics
+
+
+def metric_weights(cost: CostModel, budget: Budget, rule: str) -> dict[str, list[float]]:
+    """The multipliers of each price the rule keeps apart: one per metric of the budget for
+    ``per-metric``, one (``ALL``) for the other rules, whose price sums the metrics."""
+    if rule != "per-metric":
+        return {ALL: balance_weights(cost, budget, rule)}
+    return {k: balance_weights(cost, Budget(**{k: getattr(budget, k)}), _OWN_RULE[k])
+            for k in METRICS if getattr(budget, k) is not None}
 
 
 def balance_weights(cost: CostModel, budget: Budget, rule: str) -> list[float]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compactcnn.methods.balance import balance_weights
+from compactcnn.methods.balance import ALL, metric_weights
 from compactcnn.methods.budget import METRICS, Budget, CostModel
 from compactcnn.methods.selection import SLACK, current_dead, kill
 
@@ -53,6 +53,15 @@ class LamController:
     follow, and release it all at once when the learning rate arrives (measured: vgg_small
     fell to chance in its second epoch).
 
+    **Prices.** Under ``balance="per-metric"`` each metric of a joint budget has its own
+    multiplier, raised while that metric is behind its path and lowered once it is ahead, and
+    each group's weight mixes the metrics' prices in proportion (lam's factor is their mean):
+    one multiplier per constraint, so a metric already met stops pressing the neurons it
+    prices. With one multiplier for both, a run bound by its FLOPs went on pressing every
+    neuron alike: vgg_small under ``params=0.10,flops=0.10`` ended at 4.5% of its parameters
+    (README, *A FLOPs budget, and both budgets at once*). Every other rule has one price and
+    one multiplier, moved when any metric is behind.
+
     **Freeze.** Checked after every step: once the live network meets the budget, lam is 0
     for the rest of the sparse phase and the neurons dead at that step are zeroed after every
     step, so the survivors train without the penalty and nothing more dies. Without it, lam,
@@ -76,7 +85,6 @@ class LamController:
     budget: Budget
     steps: int  # the step by which the path reaches the budget
     start: int = 0  # the step at which the path leaves the dense size
-    multiplier: float = 1.0
     bounds: tuple[float, float] = (1e-3, 1e5)
     balance: str = "none"
     weights: list[float] = field(default_factory=list)  # per group; ProximalOptimizer.weights
@@ -84,8 +92,25 @@ class LamController:
     frozen: list[Tensor] | None = None  # per group, the dead mask when the budget was met
 
     def __post_init__(self) -> None:
-        self.weights[:] = balance_weights(self.cost, self.budget, self.balance)
+        self.prices = metric_weights(self.cost, self.budget, self.balance)
+        self.multipliers = dict.fromkeys(self.prices, 1.0)  # one per price, moved by its metric
+        self._share()
         self.horizon = max(INTERVAL, (self.steps - self.start) // 10)
+
+    @property
+    def multiplier(self) -> float:
+        """lam's factor: the mean of the prices' multipliers (the only one, under one price)."""
+        return sum(self.multipliers.values()) / len(self.multipliers)
+
+    def _share(self) -> None:
+        """Each group's weight: the prices mixed in proportion to their multipliers, so that
+        a metric already met (its multiplier falling) stops pressing the neurons it prices."""
+        if len(self.prices) == 1:  # as they are: a mix of one would round them
+            self.weights[:] = next(iter(self.prices.values()))
+            return
+        total = sum(self.multipliers.values())
+        self.weights[:] = [sum(self.multipliers[k] * w[g] for k, w in self.prices.items())
+                           / total for g in range(len(self.cost.groups))]
 
     def __call__(self, step: int) -> float:
         return 0.0 if self.frozen is not None else self.multiplier
@@ -130,11 +155,14 @@ class LamController:
                                        dtype=torch.float64)
         self.norms = [n.tolist() for n in norms]
         ahead = self.cost.fractions(dead)
-        behind = any(ahead[k] > v for k, v in self.planned(step + self.horizon).items())
-        factor = GAIN if behind else 1 / GAIN
+        behind = {k: ahead[k] > v for k, v in self.planned(step + self.horizon).items()}
+        behind[ALL] = any(behind.values())
         low, high = self.bounds
-        self.multiplier = min(high, max(low, self.multiplier * factor))
-        self.weights[:] = balance_weights(self.cost, self.budget, self.balance)
+        for k, value in self.multipliers.items():
+            factor = GAIN if behind[k] else 1 / GAIN
+            self.multipliers[k] = min(high, max(low, value * factor))
+        self.prices = metric_weights(self.cost, self.budget, self.balance)
+        self._share()
         return now
 
     def _doomed(self, norms: Tensor, before: Tensor) -> int:
@@ -144,15 +172,23 @@ class LamController:
         return int(((norms > 0) & (norms <= fall * self.horizon)).sum())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"multiplier": self.multiplier, "weights": list(self.weights),
+        return {"multiplier": self.multiplier, "multipliers": dict(self.multipliers),
+                "weights": list(self.weights),
                 "norms": self.norms, "frozen": None if self.frozen is None
                 else [m.nonzero().flatten().tolist() for m in self.frozen]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        value = float(state["multiplier"])
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"lam multiplier {value} is not a positive number")
-        self.multiplier = value
+        # a checkpoint made before multipliers per price held one, shared by every price
+        values = state.get("multipliers") or dict.fromkeys(self.multipliers,
+                                                           state["multiplier"])
+        if set(values) != set(self.multipliers):
+            raise ValueError(f"lam multipliers for {sorted(values)}, "
+                             f"not {sorted(self.multipliers)}")
+        for k, value in values.items():
+            value = float(value)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"lam multiplier {value} is not a positive number")
+            self.multipliers[k] = value
         if "weights" in state:  # in place: the optimizer holds this very list
             self.weights[:] = [float(w) for w in state["weights"]]
         self.norms = state.get("norms")

@@ -101,9 +101,11 @@ class TrainConfig:
     input: str | None = option(None, "input shape C,H,W: the data give it; if given, it must "
                                "match them")
     balance: str | None = option(None, "with --target: how lam is shared between layers: by "
-                                 "what a neuron owns (none), or by what removing it saves "
-                                 "(sqrt-cost, cost) (default: sqrt-cost when the budget counts "
-                                 "FLOPs alone, none otherwise)", BALANCES)
+                                 "what a neuron owns (none), by what removing it saves "
+                                 "(sqrt-cost, cost), or each metric of a joint budget by its "
+                                 "own rule under its own multiplier (per-metric) (default: none "
+                                 "for params, sqrt-cost for flops, per-metric for both)",
+                                 BALANCES)
     compact_lr: str = option("continue", "with --target: the compact network's learning rate "
                              "continues the run's schedule, or restarts it over the epochs left",
                              ("continue", "restart"))
@@ -138,19 +140,23 @@ class TrainConfig:
 
     def _resolve_balance(self) -> None:
         """The configuration says what the run does: ``none`` where no lam controller shares
-        lam between layers (no budget, or a method without our penalty); by default
-        ``sqrt-cost`` under a budget of FLOPs alone, ``none`` where it counts parameters.
-        Pressed by what a neuron owns, a FLOPs budget spends its lam on the fully connected
-        neurons, which own most of the parameters and few of the FLOPs: lenet5 at a quarter of
-        the FLOPs kept 14-15-97 neurons (seed 0) and lost 0.65 points over three seeds to
-        sqrt-cost's 7-24-500 (README, *A FLOPs budget, and both budgets at once*). Where the
-        budget counts parameters ``none`` stays: measured better on lenet5 (README, *Layer
-        balance*), and level under both budgets at once (seed 0)."""
+        lam between layers (no budget, or a method without our penalty); by default each
+        metric priced by its own rule: ``none`` under a budget of parameters alone,
+        ``sqrt-cost`` under one of FLOPs alone, ``per-metric`` (both, each under its own
+        multiplier) under both. Pressed by what a neuron owns, a FLOPs budget spends its lam
+        on the fully connected neurons, which own most of the parameters and few of the
+        FLOPs: lenet5 at a quarter of the FLOPs kept 14-15-97 neurons (seed 0) and lost 0.65
+        points over three seeds to sqrt-cost's 7-24-500; under both budgets one multiplier
+        for both left vgg_small at 4.5% of its parameters where 10% was allowed (README, *A
+        FLOPs budget, and both budgets at once*). Where the budget counts parameters alone
+        ``none`` stays: measured better on lenet5 (README, *Layer balance*)."""
         if self.target is None or self.reg == "none":
             object.__setattr__(self, "balance", "none")
         elif self.balance is None:
-            flops_alone = self.budget.params is None
-            object.__setattr__(self, "balance", "sqrt-cost" if flops_alone else "none")
+            budget = self.budget
+            rule = ("per-metric" if budget.params is not None and budget.flops is not None
+                    else "none" if budget.flops is None else "sqrt-cost")
+            object.__setattr__(self, "balance", rule)
 
     def _resolve_reweight(self) -> None:
         """The configuration says what the run does: 0 without a group term to reweight; by
