@@ -102,7 +102,9 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         loss = loss_fn(out, y)
         if not torch.isfinite(loss):
             raise CompactCNNError(f"{desc}: the loss became {loss.item()}; lower --lr or --lam, "
-                                  "or add --lr-warmup-epochs 1 (the last good checkpoint is kept)")
+                                  "or warm the learning rate up for longer (--lr-warmup-epochs; "
+                                  "with a small --limit an epoch is few steps); the last good "
+                                  "checkpoint is kept")
         loss.backward()
         optimizer.step()
         scheduler.step()
