@@ -240,6 +240,11 @@ def test_lam_starts_higher_only_under_a_reweighted_budget():
     assert _cfg("group", lam=1e-5).lam == 1e-5
     assert TrainConfig(reg="group").lam == 3e-5  # lam as given, no budget
     assert _cfg("low-rank").lam == 3e-5
+    joint = "params=0.1,flops=0.2"
+    assert _cfg("group+low-rank", target=joint).lam == 1e-4  # per-metric's mixed price
+    assert _cfg("group", target=joint, balance="none").lam == 3e-4  # one price: as before
+    assert _cfg("group", target="flops=0.2", balance="per-metric").lam == 3e-4  # one metric
+    assert _cfg("group", target=joint, lam=3e-4).lam == 3e-4  # as asked
 
 
 def test_a_run_without_a_penalty_is_one_configuration_whichever_path_made_it():
