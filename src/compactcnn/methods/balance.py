@@ -17,7 +17,9 @@ dense model's, summed), so that lam trades accuracy against the quantity the bud
   multiplier per constraint (:func:`metric_weights`).
 
 The multipliers are normalised so that the mean threshold over all neurons is unchanged, so a
-lam means about the same size of step whichever balance is chosen. Which rule a run gets by
+lam means about the same size of step whichever balance is chosen (on average: the mixed
+price of ``per-metric`` spreads wider, so a joint budget's lam starts lower,
+``TrainConfig._resolve_lam``). Which rule a run gets by
 default depends on its budget (``TrainConfig._resolve_balance``): what a neuron owns tracks
 its parameters, not its FLOPs.
 """
