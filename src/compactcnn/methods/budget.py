@@ -62,6 +62,11 @@ class Budget:
     def __str__(self) -> str:
         return ",".join(f"{k}={getattr(self, k):g}" for k in METRICS if getattr(self, k))
 
+    @property
+    def joint(self) -> bool:
+        """Both metrics bounded: each may bind while the other has room."""
+        return self.params is not None and self.flops is not None
+
     def excess(self, fractions: Mapping[str, float]) -> float:
         """How far above the budget ``fractions`` are, relative to it (<= 0: met)."""
         return max((fractions[k] / getattr(self, k) - 1 for k in METRICS
