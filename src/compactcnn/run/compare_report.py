@@ -32,23 +32,85 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    fig, axes = _figure(f"{result['model']} on {result['data']} at {result['target']}")
+    for ax, key in zip(axes, ("params", "flops"), strict=True):
+        for r in result["rows"]:
+            if "accuracy" in r:
+                ax.scatter(r[key], 100 * r["accuracy"], s=80, label=r["method"],
+                           marker="*" if r["method"] == "dense" else "o")
+    _save(fig, path)
+
+
+def seeds_markdown(result: dict[str, Any]) -> str:
+    """The summary over seeds: each method's accuracy by seed, its mean and spread, and our
+    reference method against it, paired by seed, with the verdict its interval allows."""
+    ref, seeds = result["reference"], ", ".join(map(str, result["seeds"]))
+    conf = f"{result['confidence']:.0%}"
+    lines = [f"# {result['model']} on {result['data']}: every method at {result['target']}, "
+             f"{result['epochs']} epochs in all, seeds {seeds}", "",
+             f"Test accuracy (%). The last columns are {ref or 'ours'} minus the method, seed by "
+             f"seed: the mean with its {conf} interval (Student t over the seeds), the seeds "
+             f"{ref or 'ours'} led on, and the verdict: ahead or behind only where the interval "
+             "excludes zero. Each seed's table, with the command of every row, is "
+             "`seed-S/compare.md`.", "",
+             "| method | accuracy per seed | mean | sd | parameters | FLOPs "
+             f"| {ref or 'ours'} − method | led on | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in result["methods"]:
+        if "mean" not in m:
+            lines.append(f"| {m['method']} | not run: {m['skipped']} | | | | | | | |")
+            continue
+        per_seed = ", ".join(f"{100 * r['accuracy']:.2f}" if "accuracy" in r else "not run"
+                             for r in m["runs"])
+        sd = "-" if m["sd"] is None else f"{100 * m['sd']:.2f}"
+        cells = [m["method"], per_seed, f"{100 * m['mean']:.2f}", sd, f"{m['params']:.1%}",
+                 f"{m['flops']:.1%}"]
+        vs = m.get("vs_reference")
+        if vs is None:
+            cells += ["reference" if m["method"] == ref else "", "", ""]
+        else:
+            half = "" if vs["half_width"] is None else f" ± {100 * vs['half_width']:.2f}"
+            cells += [f"{100 * vs['difference']:+.2f}{half}",
+                      f"{vs['ahead_on']} of {vs['seeds']}", vs["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_plot(result: dict[str, Any], path: Path) -> None:
+    """Mean accuracy against mean size, one marker per method, bars one sd either way."""
+    seeds = ", ".join(map(str, result["seeds"]))
+    fig, axes = _figure(f"{result['model']} on {result['data']} at {result['target']}, "
+                        f"seeds {seeds}")
+    for ax, key in zip(axes, ("params", "flops"), strict=True):
+        for m in result["methods"]:
+            if "mean" in m:
+                dense = m["runs"][0][f"dense_{key}"]
+                ax.errorbar(m[key] * dense, 100 * m["mean"], yerr=100 * (m["sd"] or 0),
+                            fmt="*" if m["method"] == "dense" else "o", markersize=8,
+                            capsize=3, label=m["method"])
+    _save(fig, path)
+
+
+def _figure(title: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["rows"] if "accuracy" in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, label in ((axes[0], "params", "parameters"), (axes[1], "flops", "FLOPs")):
-        for r in rows:
-            marker = "*" if r["method"] == "dense" else "o"
-            ax.scatter(r[key], 100 * r["accuracy"], marker=marker, s=80, label=r["method"])
+    for ax, label in zip(axes, ("parameters", "FLOPs"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize="small")
-    fig.suptitle(f"{result['model']} on {result['data']} at {result['target']}")
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.axes[1].legend(fontsize="small")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -1,0 +1,110 @@
+"""``compare --seeds``: one comparison per seed, and verdicts that a seed's spread cannot fake."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from compactcnn.cli import main
+from compactcnn.errors import CompactCNNError
+from compactcnn.run.compare import compare
+from compactcnn.run.pipeline import run
+from compactcnn.run.seeds import compare_seeds, paired
+from tests.test_methods import _cfg
+
+ACCURACY = st.floats(0.0, 1.0, allow_nan=False)
+
+
+def test_the_interval_is_students_t_over_the_seeds():
+    # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, t(0.975, 2) = 4.3027
+    level = paired([0.91, 0.92, 0.93], [0.90, 0.90, 0.90])
+    assert level["difference"] == pytest.approx(0.02)
+    assert level["half_width"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-5)
+    assert (level["verdict"], level["ahead_on"], level["seeds"]) == ("level", 3, 3)
+    # the same mean with a tenth of the spread clears it
+    assert paired([0.921, 0.920, 0.919], [0.90] * 3)["verdict"] == "ahead"
+    one = paired([0.91], [0.90])
+    assert one["half_width"] is None and one["verdict"] == "one seed: no verdict"
+
+
+@given(st.lists(st.tuples(ACCURACY, ACCURACY), min_size=2, max_size=8),
+       st.floats(-0.2, 0.2, allow_nan=False))
+def test_a_verdict_is_a_lead_only_where_the_interval_excludes_zero(pairs, shift):
+    ours, theirs = [a for a, _ in pairs], [b for _, b in pairs]
+    p = paired(ours, theirs)
+    diff = [a - b for a, b in pairs]
+    assert p["difference"] == pytest.approx(statistics.mean(diff), abs=1e-12)
+    assert p["ahead_on"] == sum(d > 0 for d in diff)
+    low, high = p["difference"] - p["half_width"], p["difference"] + p["half_width"]
+    assert p["verdict"] == ("ahead" if low > 0 else "behind" if high < 0 else "level")
+    # the other way round, the other verdict; shifting one side moves the mean, not the width
+    back = paired(theirs, ours)
+    assert back["verdict"] == {"ahead": "behind", "behind": "ahead", "level": "level"}[
+        p["verdict"]]
+    moved = paired(ours, [t + shift for t in theirs])
+    assert moved["difference"] == pytest.approx(p["difference"] - shift, abs=1e-9)
+    assert moved["half_width"] == pytest.approx(p["half_width"], abs=1e-9)
+
+
+def test_compare_over_seeds_is_each_seeds_comparison_summed_up(tmp_path, monkeypatch):
+    base = _cfg("group", model="lenet5", target="params=0.2")
+    methods = ("group", "uniform", "slimming")
+    result = compare_seeds(base, tmp_path, [0, 1], methods)
+    per_seed = [json.loads((tmp_path / f"seed-{s}" / "compare.json").read_text())
+                for s in (0, 1)]
+    assert [r["seed"] for r in per_seed] == [0, 1] == result["seeds"]
+    monkeypatch.setattr("compactcnn.run.compare.run", _skip_slimming)  # nothing else reruns
+    # each seed's folder is the plain comparison at that seed
+    assert per_seed[1] == json.loads(json.dumps(compare(
+        _cfg("group", model="lenet5", target="params=0.2", seed=1), tmp_path / "seed-1",
+        methods)))
+    by = {m["method"]: m for m in result["methods"]}
+    assert result["reference"] == "group" and set(by) == {"dense", *methods}
+    for name in ("dense", "group", "uniform"):
+        accuracy = [next(r["accuracy"] for r in s["rows"] if r["method"] == name)
+                    for s in per_seed]
+        assert [r["accuracy"] for r in by[name]["runs"]] == accuracy
+        assert by[name]["mean"] == pytest.approx(statistics.mean(accuracy))
+        assert by[name]["params"] <= (0.2 if name != "dense" else 1.0)
+    group = [r["accuracy"] for r in by["group"]["runs"]]
+    uniform = [r["accuracy"] for r in by["uniform"]["runs"]]
+    assert by["uniform"]["vs_reference"] == paired(group, uniform)
+    assert "vs_reference" not in by["group"] and "no BatchNorm" in by["slimming"]["skipped"]
+    assert json.loads((tmp_path / "compare.json").read_text()) == json.loads(json.dumps(result))
+    text = (tmp_path / "compare.md").read_text()
+    assert text.count("\n| ") == 1 + 4 and "| group | " in text and "reference" in text
+    assert f"{100 * by['uniform']['vs_reference']['difference']:+.2f}" in text
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    assert compare_seeds(base, tmp_path, [0, 1], methods) == result  # read back, not rerun
+
+
+def _skip_slimming(cfg, *args, **kwargs):
+    assert cfg.method == "slimming", f"{cfg.method} was trained again"
+    return run(cfg, *args, **kwargs)  # refuses at once: lenet5 has no BatchNorm
+
+
+def test_seeds_refuse_a_repeat_and_a_dense_folder_without_them(tmp_path):
+    base = _cfg("uniform", model="lenet5", target="params=0.2")
+    with pytest.raises(CompactCNNError, match="repeats a seed"):
+        compare_seeds(base, tmp_path / "a", [0, 0], ("uniform",))
+    with pytest.raises(CompactCNNError, match="no seed-1/dense there"):
+        compare_seeds(base, tmp_path / "b", [1], ("uniform",), dense=tmp_path / "a")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--seed", "1", "--seeds", "0", "1"], "not both"),
+    (["--seeds", "2", "2"], "repeats a seed"),
+    (["--seeds", "0", "--dense", "nowhere"], "no seed-0/dense there"),
+])
+def test_bad_seeds_get_one_line_and_exit_2(argv, words, tmp_path, capsys):
+    code = main(["compare", "--model", "lenet5", "--data", "synthetic", "--target", "params=0.2",
+                 "--out", str(tmp_path / "c"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "c").exists()
