@@ -3,11 +3,13 @@
 One run's accuracy moves by about 0.3 points with the seed, as much as the gaps between
 methods that a comparison is asked to show; a claim about who is ahead needs the mean over
 seeds and its spread. Each argument is ``LABEL=RUN_DIR`` (a finished run folder); runs with
-the same label are seeds of one method.
+the same label are seeds of one method. ``--against LABEL`` adds that label's runs minus each
+other label's, paired by seed, with the verdict of ``compactcnn compare --seeds``
+(``compactcnn.run.seeds.paired``), for runs that compare did not make.
 
     PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py \\
         group=runs/a/group group=runs/b/group torch-pruning=runs/a/torch-pruning ... \\
-        [--out benchmarks/results/seeds.md]
+        [--against group] [--out benchmarks/results/seeds.md]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from compactcnn.files.atomic import atomic_write
+from compactcnn.run.seeds import CONFIDENCE, paired
 
 
 def read(run: Path) -> dict:
@@ -38,9 +41,12 @@ def _machine(recorded: dict | None) -> str:
     return f"{recorded['device']}, {recorded['cpu_capability']}, torch {recorded['torch']}"
 
 
-def table(runs: dict[str, list[dict]]) -> str:
+def table(runs: dict[str, list[dict]], against: str | None = None) -> str:
     lines = ["| method | seeds | accuracy per seed | mean | sd | parameters | FLOPs | widths "
              "| run folders |", "|---|---|---|---|---|---|---|---|---|"]
+    if against:
+        lines[0] += f" {against} − method, seeds in common ({CONFIDENCE:.0%} interval) | verdict |"
+        lines[1] += "---|---|"
     for label, rows in runs.items():
         acc = [r["accuracy"] for r in rows]
         cells = [", ".join(str(r["seed"]) for r in rows), ", ".join(f"{a:.2f}" for a in acc),
@@ -50,15 +56,30 @@ def table(runs: dict[str, list[dict]]) -> str:
                  ", ".join(f"{r['flops']:.1%}" for r in rows),
                  ", ".join(r["widths"] for r in rows),
                  ", ".join(f"`{r['run']}`" for r in rows)]
+        if against:
+            cells += _paired(runs[against], rows) if label != against else ["reference", ""]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     machines = sorted({r["machine"] for rows in runs.values() for r in rows})
     lines += ["", "Made on: " + "; ".join(machines) + "."]
     return "\n".join(lines)
 
 
+def _paired(reference: list[dict], rows: list[dict]) -> list[str]:
+    ours = {r["seed"]: r["accuracy"] for r in reference}
+    common = [r for r in rows if r["seed"] in ours]
+    if not common:
+        return ["no seed in common", ""]
+    p = paired([ours[r["seed"]] for r in common], [r["accuracy"] for r in common])
+    half = "" if p["half_width"] is None else f" ± {p['half_width']:.2f}"
+    return [f"{p['difference']:+.2f}{half} (seeds {', '.join(str(r['seed']) for r in common)};"
+            f" led on {p['ahead_on']})", p["verdict"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    parser.add_argument("--against", metavar="LABEL",
+                        help="pair every other label's runs with this one's, seed by seed")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {}
@@ -69,7 +90,9 @@ def main() -> None:
         runs.setdefault(label, []).append(read(Path(path)))
     for rows in runs.values():
         rows.sort(key=lambda r: r["seed"])
-    text = table(runs)
+    if args.against is not None and args.against not in runs:
+        parser.error(f"--against {args.against}: no runs under that label")
+    text = table(runs, args.against)
     print(text)
     if args.out:
         atomic_write(args.out, text + "\n")
