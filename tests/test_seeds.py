@@ -18,6 +18,9 @@ from compactcnn.run.seeds import compare_seeds, paired
 from tests.test_methods import _cfg
 
 ACCURACY = st.floats(0.0, 1.0, allow_nan=False)
+# should a refusal fail to come, the comparison that runs instead is a short one
+CHEAP = ["--model", "lenet5", "--data", "synthetic", "--target", "params=0.2", "--methods",
+         "uniform", "--limit", "64", "--test-limit", "32", "--epochs", "1"]
 
 
 def test_the_interval_is_students_t_over_the_seeds():
@@ -103,8 +106,24 @@ def test_seeds_refuse_a_repeat_and_a_dense_folder_without_them(tmp_path):
     (["--seeds", "0", "--dense", "nowhere"], "no seed-0/dense there"),
 ])
 def test_bad_seeds_get_one_line_and_exit_2(argv, words, tmp_path, capsys):
-    code = main(["compare", "--model", "lenet5", "--data", "synthetic", "--target", "params=0.2",
-                 "--out", str(tmp_path / "c"), *argv])
+    code = main(["compare", *CHEAP, "--out", str(tmp_path / "c"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("held, argv, words", [
+    ({"seed": 0, "rows": []}, ["--seeds", "0", "1"], "holds a comparison of one seed"),
+    ({"seeds": [0, 1], "methods": []}, ["--seed", "0"], "holds a comparison over seeds"),
+    ("{not json", ["--seeds", "0"], "is not a comparison's summary"),
+])
+def test_a_summary_of_the_other_kind_is_never_overwritten(held, argv, words, tmp_path, capsys):
+    (tmp_path / "c").mkdir()
+    summary = tmp_path / "c" / "compare.json"
+    summary.write_text(held if isinstance(held, str) else json.dumps(held))
+    before = summary.read_bytes()
+    code = main(["compare", *CHEAP, "--out", str(tmp_path / "c"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert summary.read_bytes() == before and sorted(p.name for p in summary.parent.iterdir()) \
+        == ["compare.json"]

@@ -77,6 +77,7 @@ def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_MET
     if unknown:
         raise CompactCNNError(f"unknown method(s) {', '.join(unknown)}; choose from: "
                               + ", ".join(METHODS))
+    refuse_other_kind(out, over_seeds=False)
     out.mkdir(parents=True, exist_ok=True)
     dense_cfg = replace(base, method=None, reg="none", target=None, widths=None)
     rows = [_row("dense", dense_cfg, dense or out / "dense", device)]
@@ -97,6 +98,23 @@ def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_MET
     atomic_write(out / COMPARE_MD, markdown(result))
     plot(result, out / COMPARE_PNG)
     return result
+
+
+def refuse_other_kind(out: Path, over_seeds: bool) -> None:
+    """A comparison of one seed and a summary over seeds write the same three files: neither
+    may overwrite the other's."""
+    path = out / COMPARE_JSON
+    if not path.is_file():
+        return
+    try:
+        held_over_seeds = "seeds" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CompactCNNError(f"{path} is not a comparison's summary; give another --out "
+                              "or remove it") from None
+    if held_over_seeds != over_seeds:
+        held = "a comparison over seeds" if held_over_seeds else "a comparison of one seed"
+        raise CompactCNNError(f"{out} holds {held}; give another --out (with --seeds, each "
+                              "seed's comparison is OUT/seed-S)")
 
 
 def _row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, Any]:

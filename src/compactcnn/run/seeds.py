@@ -25,7 +25,13 @@ from scipy import stats
 from compactcnn.errors import CompactCNNError
 from compactcnn.files.atomic import atomic_write
 from compactcnn.methods import OURS
-from compactcnn.run.compare import COMPARE_JSON, COMPARE_MD, COMPARE_PNG, compare
+from compactcnn.run.compare import (
+    COMPARE_JSON,
+    COMPARE_MD,
+    COMPARE_PNG,
+    compare,
+    refuse_other_kind,
+)
 from compactcnn.run.compare_report import seeds_markdown, seeds_plot
 from compactcnn.run.config import TrainConfig
 
@@ -45,6 +51,7 @@ def compare_seeds(base: TrainConfig, out: Path, seeds: list[int],
     """
     if len(set(seeds)) != len(seeds):
         raise CompactCNNError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
+    refuse_other_kind(out, over_seeds=True)
     if dense is not None:  # every seed's dense run must be there before any training starts
         missing = [s for s in seeds if not (seed_folder(dense, s) / "dense").is_dir()]
         if missing:
