@@ -3,9 +3,11 @@
 One run's accuracy moves by about 0.3 points with the seed, as much as the gaps between
 methods that a comparison is asked to show; a claim about who is ahead needs the mean over
 seeds and its spread. Each argument is ``LABEL=RUN_DIR`` (a finished run folder); runs with
-the same label are seeds of one method. ``--against LABEL`` adds that label's runs minus each
-other label's, paired by seed, with the verdict of ``compactcnn compare --seeds``
-(``compactcnn.run.seeds.paired``), for runs that compare did not make.
+the same label are seeds of one method; ``LABEL=SEED:ACCURACY`` gives a run by the figure a
+results file recorded, where its folder is no longer on this machine. ``--against LABEL``
+adds that label's runs minus each other label's, paired by seed, with the verdict of
+``compactcnn compare --seeds`` (``compactcnn.run.seeds.paired``), for runs that compare did
+not make.
 
     PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py \\
         group=runs/a/group group=runs/b/group torch-pruning=runs/a/torch-pruning ... \\
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -31,6 +34,13 @@ def read(run: Path) -> dict:
             "flops": compact["flops"] / dense["flops"],
             "widths": "-".join(str(layer["neurons_after"]) for layer in report["layers"]),
             "run": str(run), "machine": _machine(report.get("machine"))}
+
+
+def recorded(text: str) -> dict:
+    """``SEED:ACCURACY`` (in %): a run known only by the figure a results file gives."""
+    seed, _, accuracy = text.partition(":")
+    return {"seed": int(seed), "accuracy": float(accuracy), "params": None, "flops": None,
+            "widths": "-", "run": f"recorded: seed {seed}", "machine": "recorded figures"}
 
 
 def _machine(recorded: dict | None) -> str:
@@ -52,8 +62,8 @@ def table(runs: dict[str, list[dict]], against: str | None = None) -> str:
         cells = [", ".join(str(r["seed"]) for r in rows), ", ".join(f"{a:.2f}" for a in acc),
                  f"{statistics.mean(acc):.2f}",
                  f"{statistics.stdev(acc):.2f}" if len(acc) > 1 else "-",
-                 ", ".join(f"{r['params']:.1%}" for r in rows),
-                 ", ".join(f"{r['flops']:.1%}" for r in rows),
+                 ", ".join("-" if r["params"] is None else f"{r['params']:.1%}" for r in rows),
+                 ", ".join("-" if r["flops"] is None else f"{r['flops']:.1%}" for r in rows),
                  ", ".join(r["widths"] for r in rows),
                  ", ".join(f"`{r['run']}`" for r in rows)]
         if against:
@@ -77,7 +87,7 @@ def _paired(reference: list[dict], rows: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR|LABEL=SEED:ACCURACY")
     parser.add_argument("--against", metavar="LABEL",
                         help="pair every other label's runs with this one's, seed by seed")
     parser.add_argument("--out", type=Path)
@@ -86,8 +96,9 @@ def main() -> None:
     for arg in args.runs:
         label, _, path = arg.partition("=")
         if not path:
-            parser.error(f"expected LABEL=RUN_DIR, got {arg!r}")
-        runs.setdefault(label, []).append(read(Path(path)))
+            parser.error(f"expected LABEL=RUN_DIR or LABEL=SEED:ACCURACY, got {arg!r}")
+        is_figure = re.fullmatch(r"\d+:\d+(\.\d*)?", path)
+        runs.setdefault(label, []).append(recorded(path) if is_figure else read(Path(path)))
     for rows in runs.values():
         rows.sort(key=lambda r: r["seed"])
     if args.against is not None and args.against not in runs:
