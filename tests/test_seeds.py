@@ -95,15 +95,18 @@ def test_seeds_refuse_a_repeat_and_a_dense_folder_without_them(tmp_path):
     base = _cfg("uniform", model="lenet5", target="params=0.2")
     with pytest.raises(CompactCNNError, match="repeats a seed"):
         compare_seeds(base, tmp_path / "a", [0, 0], ("uniform",))
-    with pytest.raises(CompactCNNError, match="no seed-1/dense there"):
+    with pytest.raises(CompactCNNError, match="no finished seed-1/dense there"):
         compare_seeds(base, tmp_path / "b", [1], ("uniform",), dense=tmp_path / "a")
+    (tmp_path / "d" / "seed-1" / "dense").mkdir(parents=True)  # started, never finished
+    with pytest.raises(CompactCNNError, match="no finished seed-1/dense there"):
+        compare_seeds(base, tmp_path / "b", [0, 1], ("uniform",), dense=tmp_path / "d")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--seed", "1", "--seeds", "0", "1"], "not both"),
     (["--seeds", "2", "2"], "repeats a seed"),
-    (["--seeds", "0", "--dense", "nowhere"], "no seed-0/dense there"),
+    (["--seeds", "0", "--dense", "nowhere"], "no finished seed-0/dense there"),
 ])
 def test_bad_seeds_get_one_line_and_exit_2(argv, words, tmp_path, capsys):
     code = main(["compare", *CHEAP, "--out", str(tmp_path / "c"), *argv])

@@ -34,6 +34,7 @@ from compactcnn.run.compare import (
 )
 from compactcnn.run.compare_report import seeds_markdown, seeds_plot
 from compactcnn.run.config import TrainConfig
+from compactcnn.run.rundir import REPORT
 
 CONFIDENCE = 0.95
 
@@ -53,10 +54,11 @@ def compare_seeds(base: TrainConfig, out: Path, seeds: list[int],
         raise CompactCNNError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
     refuse_other_kind(out, over_seeds=True)
     if dense is not None:  # every seed's dense run must be there before any training starts
-        missing = [s for s in seeds if not (seed_folder(dense, s) / "dense").is_dir()]
+        missing = [s for s in seeds if not (seed_folder(dense, s) / "dense" / REPORT).is_file()]
         if missing:
-            raise CompactCNNError(f"--dense {dense}: no seed-{missing[0]}/dense there (with "
-                                  "--seeds, --dense names another comparison over the seeds)")
+            raise CompactCNNError(f"--dense {dense}: no finished seed-{missing[0]}/dense there "
+                                  "(with --seeds, --dense names another comparison over the "
+                                  "seeds)")
     per_seed = [compare(replace(base, seed=s), seed_folder(out, s), methods, device,
                         dense=None if dense is None else seed_folder(dense, s) / "dense")
                 for s in seeds]
