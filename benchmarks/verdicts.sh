@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The paired verdicts beside the README's glance table: benchmarks/seed_table.py --against the
+# defaults, over the runs of each column. lenet5 at 10% has its own five-seed comparison
+# (compactcnn compare --seeds, session 18); these are the other three columns. A run still on
+# this machine is named by its folder; one whose folder is gone (sessions 7 to 13) by the
+# figure the README's tables and results files recorded for it, SEED:ACCURACY.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+table() { PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py "$@"; }
+s14=runs/s14 s18=runs/s18
+
+glr=(); scratch=()
+for s in 0 1 2 3 4; do
+  suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
+  glr+=("ours=$s14/vgg-p10-e4-glr$suffix"); scratch+=("scratch=$s14/vgg-p10-e4-scratch-glr$suffix")
+done
+table "${glr[@]}" "${scratch[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
+  group-sqrt-cost=0:92.68 group-sqrt-cost=1:92.40 group-sqrt-cost=2:92.37 \
+  group=0:92.32 group=1:92.28 group=2:92.05 \
+  torch-pruning=0:92.02 torch-pruning=1:92.08 torch-pruning=2:92.07 \
+  torch-pruning=$s18/vgg-p10-e4-torch-pruning-s3 torch-pruning=$s18/vgg-p10-e4-torch-pruning-s4 \
+  uniform=0:92.15 uniform=1:92.17 uniform=2:92.47 \
+  uniform=$s18/vgg-p10-e4-uniform-s3 uniform=$s18/vgg-p10-e4-uniform-s4 \
+  l1-filter=0:92.09 l1-filter=1:92.08 l1-filter=$s14/vgg-p10-e4/l1-filter-s2 \
+  evolutionary=0:91.90 evolutionary=$s14/vgg-p10-e4/evolutionary-s1 \
+  evolutionary=$s14/vgg-p10-e4/evolutionary-s2 \
+  slimming=0:91.66 slimming=$s14/vgg-p10-e4/slimming-s1 filtermap=$s14/vgg-p10-e4/filtermap \
+  --against ours --out benchmarks/results/verdicts-vgg_small-p10-e4.md
+
+glr=(); scratch=()
+for s in 0 1 2 3 4; do
+  suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
+  glr+=("ours=$s14/vgg-p05-e4-glr$suffix"); scratch+=("scratch=$s14/vgg-p05-e4-scratch-glr$suffix")
+done
+table "${glr[@]}" "${scratch[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
+  group-sqrt-cost=0:91.67 group-sqrt-cost=1:91.94 \
+  group=0:91.90 group=1:91.99 group=2:91.72 \
+  torch-pruning=0:91.36 torch-pruning=1:91.16 torch-pruning=2:91.11 \
+  uniform=0:91.62 uniform=1:91.74 uniform=2:91.82 \
+  l1-filter=0:91.35 l1-filter=$s14/vgg-p05-e4/l1-filter-s1 l1-filter=$s14/vgg-p05-e4/l1-filter-s2 \
+  evolutionary=0:91.45 evolutionary=$s14/vgg-p05-e4/evolutionary-s1 \
+  evolutionary=$s14/vgg-p05-e4/evolutionary-s2 \
+  slimming=0:90.71 slimming=$s14/vgg-p05-e4/slimming-s1 filtermap=$s14/vgg-p05-e4/filtermap \
+  --against ours --out benchmarks/results/verdicts-vgg_small-p05-e4.md
+
+# lenet5 at 5%: every run from sessions 10 to 12 (the README's table under "lenet5 at 10% and 5%")
+table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2:91.77 \
+  evolutionary=0:90.39 evolutionary=1:90.33 evolutionary=2:90.20 \
+  group=0:90.33 group=1:90.13 group=2:90.46 \
+  torch-pruning=0:90.43 torch-pruning=1:90.20 torch-pruning=2:89.98 \
+  scratch=0:90.33 scratch=1:90.47 scratch=2:90.63 \
+  l1-filter=0:89.97 l1-filter=1:89.70 l1-filter=2:89.97 \
+  uniform=0:89.90 uniform=1:89.44 uniform=2:89.61 filtermap=0:90.24 \
+  --against ours --out benchmarks/results/verdicts-lenet5-p05-e14.md
