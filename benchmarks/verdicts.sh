@@ -44,16 +44,20 @@ table "${glr[@]}" "${scratch[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   --against ours --out benchmarks/results/verdicts-vgg_small-p05-e4.md
 
 # lenet5 at 5%: seeds 0 to 2 from sessions 10 to 12 (the README's table under "lenet5 at 10%
-# and 5%"); seeds 3 and 4 of ours, torch-pruning and dense from session 18's comparisons
+# and 5%"); seeds 3 and 4 of every method from session 18's comparisons
 p05=$s18/cmp-lenet5-p05 p10=$s18/cmp-lenet5-p10
+late=()
+for s in 3 4; do
+  late+=("dense=$p10/seed-$s/dense")
+  for m in group+low-rank torch-pruning evolutionary scratch l1-filter uniform filtermap; do
+    late+=("$([ $m = group+low-rank ] && echo ours || echo $m)=$p05/seed-$s/$m")
+  done
+done
 table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2:91.77 \
-  ours=$p05/seed-3/group+low-rank ours=$p05/seed-4/group+low-rank \
-  dense=$p10/seed-3/dense dense=$p10/seed-4/dense \
   evolutionary=0:90.39 evolutionary=1:90.33 evolutionary=2:90.20 \
   group=0:90.33 group=1:90.13 group=2:90.46 \
   torch-pruning=0:90.43 torch-pruning=1:90.20 torch-pruning=2:89.98 \
-  torch-pruning=$p05/seed-3/torch-pruning torch-pruning=$p05/seed-4/torch-pruning \
   scratch=0:90.33 scratch=1:90.47 scratch=2:90.63 \
   l1-filter=0:89.97 l1-filter=1:89.70 l1-filter=2:89.97 \
-  uniform=0:89.90 uniform=1:89.44 uniform=2:89.61 filtermap=0:90.24 \
+  uniform=0:89.90 uniform=1:89.44 uniform=2:89.61 filtermap=0:90.24 "${late[@]}" \
   --against ours --out benchmarks/results/verdicts-lenet5-p05-e14.md
