@@ -36,7 +36,9 @@ table "${glr[@]}" "${scratch[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   group-sqrt-cost=0:91.67 group-sqrt-cost=1:91.94 \
   group=0:91.90 group=1:91.99 group=2:91.72 \
   torch-pruning=0:91.36 torch-pruning=1:91.16 torch-pruning=2:91.11 \
+  torch-pruning=$s18/vgg-p05-e4-torch-pruning-s3 torch-pruning=$s18/vgg-p05-e4-torch-pruning-s4 \
   uniform=0:91.62 uniform=1:91.74 uniform=2:91.82 \
+  uniform=$s18/vgg-p05-e4-uniform-s3 uniform=$s18/vgg-p05-e4-uniform-s4 \
   l1-filter=0:91.35 l1-filter=$s14/vgg-p05-e4/l1-filter-s1 l1-filter=$s14/vgg-p05-e4/l1-filter-s2 \
   evolutionary=0:91.45 evolutionary=$s14/vgg-p05-e4/evolutionary-s1 \
   evolutionary=$s14/vgg-p05-e4/evolutionary-s2 \
