@@ -9,12 +9,18 @@ cd "$(dirname "$0")/.."
 table() { PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py "$@"; }
 s14=runs/s14 s18=runs/s18
 
-glr=(); scratch=()
-for s in 0 1 2 3 4; do
-  suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
-  glr+=("ours=$s14/vgg-p10-e4-glr$suffix"); scratch+=("scratch=$s14/vgg-p10-e4-scratch-glr$suffix")
-done
-table "${glr[@]}" "${scratch[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
+# vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14)
+ours_and_scratch() {
+  local s suffix glr=() scratch=()
+  for s in 0 1 2 3 4; do
+    suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
+    glr+=("ours=$s14/vgg-$1-e4-glr$suffix") scratch+=("scratch=$s14/vgg-$1-e4-scratch-glr$suffix")
+  done
+  vgg=("${glr[@]}" "${scratch[@]}")
+}
+
+ours_and_scratch p10
+table "${vgg[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   group-sqrt-cost=0:92.68 group-sqrt-cost=1:92.40 group-sqrt-cost=2:92.37 \
   group=0:92.32 group=1:92.28 group=2:92.05 \
   torch-pruning=0:92.02 torch-pruning=1:92.08 torch-pruning=2:92.07 \
@@ -27,12 +33,8 @@ table "${glr[@]}" "${scratch[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   slimming=0:91.66 slimming=$s14/vgg-p10-e4/slimming-s1 filtermap=$s14/vgg-p10-e4/filtermap \
   --against ours --out benchmarks/results/verdicts-vgg_small-p10-e4.md
 
-glr=(); scratch=()
-for s in 0 1 2 3 4; do
-  suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
-  glr+=("ours=$s14/vgg-p05-e4-glr$suffix"); scratch+=("scratch=$s14/vgg-p05-e4-scratch-glr$suffix")
-done
-table "${glr[@]}" "${scratch[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
+ours_and_scratch p05
+table "${vgg[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   group-sqrt-cost=0:91.67 group-sqrt-cost=1:91.94 \
   group=0:91.90 group=1:91.99 group=2:91.72 \
   torch-pruning=0:91.36 torch-pruning=1:91.16 torch-pruning=2:91.11 \
