@@ -134,9 +134,9 @@ def test_a_summary_of_the_other_kind_is_never_overwritten(held, argv, words, tmp
         == ["compare.json"]
 
 
-def test_seeds_side_by_side_are_the_seeds_run_one_at_a_time(tmp_path, capsys):
+def test_runs_side_by_side_are_the_runs_one_at_a_time(tmp_path, capsys):
     base = _cfg("group", model="lenet5", target="params=0.2")
-    methods = ("group", "uniform")
+    methods = ("group", "uniform", "scratch")  # scratch waits for group's widths
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # what each of two workers gets out of two threads
@@ -148,37 +148,46 @@ def test_seeds_side_by_side_are_the_seeds_run_one_at_a_time(tmp_path, capsys):
     assert together == alone
     err = capsys.readouterr().err
     for s in (0, 1):
-        folder = tmp_path / "together" / f"seed-{s}"
-        assert f"seed {s}: done (its output: {folder / 'log.txt'})" in err
-        assert "epoch 1/" in (folder / "log.txt").read_text()  # the worker's progress went here
         for m in ("dense", *methods):
+            folder = tmp_path / "together" / f"seed-{s}" / m
+            assert f"{folder}: " in err and "% of the parameters" in err
+            assert "epoch 1/" in (folder / "log.txt").read_text()  # its progress went here
             mine, theirs = (load_file(str(f / f"seed-{s}" / m / "model.safetensors"))
                             for f in (tmp_path / "together", tmp_path / "alone"))
             assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k])
                                                         for k in mine)
-    # the folders are ordinary seed comparisons: the serial command reads them back
+    # the folders are ordinary seed comparisons: one process reads them back
     assert compare_seeds(base, tmp_path / "together", [0, 1], methods) == alone
 
 
-def test_a_failing_seed_is_named_and_the_others_finish(tmp_path, capsys):
-    held = tmp_path / "c" / "seed-1" / "compare.json"  # seed 1 cannot run: its folder holds
-    held.parent.mkdir(parents=True)  # a summary over seeds
-    held.write_text(json.dumps({"seeds": [0, 1], "methods": []}))
+def test_a_failing_run_is_named_and_the_others_finish(tmp_path, capsys):
+    other = tmp_path / "c" / "seed-1" / "uniform"  # a finished run of other options
+    assert main(["train", "--model", "lenet5", "--data", "synthetic", "--target", "params=0.2",
+                 "--method", "uniform", "--limit", "64", "--test-limit", "32", "--epochs", "2",
+                 "--seed", "1", "--out", str(other)]) == 0
+    capsys.readouterr()
     code = main(["compare", *CHEAP, "--out", str(tmp_path / "c"), "--seeds", "0", "1",
                  "--jobs", "2"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 + err.count("seed 0: done"), err
-    assert "seed 1: " in err and "holds a comparison over seeds" in err
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len([line for line in err if "error" in line]) == 1, err
+    assert f"compactcnn: error: {other}: " in err[-1] and "another configuration" in err[-1]
     assert (tmp_path / "c" / "seed-0" / "compare.json").is_file()  # seed 0 ran to its end
     assert not (tmp_path / "c" / "compare.json").exists()
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--jobs", "2"], "give --seeds"),
-    (["--seeds", "0", "1", "--jobs", "0"], "--jobs must be >= 1"),
-])
-def test_bad_jobs_get_one_line_and_exit_2(argv, words, tmp_path, capsys):
+def test_every_seeds_folder_is_checked_before_any_trains(tmp_path, capsys):
+    held = tmp_path / "c" / "seed-1" / "compare.json"
+    held.parent.mkdir(parents=True)
+    held.write_text(json.dumps({"seeds": [0, 1], "methods": []}))
+    code = main(["compare", *CHEAP, "--out", str(tmp_path / "c"), "--seeds", "0", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "holds a comparison over seeds" in err, err
+    assert not (tmp_path / "c" / "seed-0" / "dense").exists()
+
+
+@pytest.mark.parametrize("argv", [["--jobs", "0"], ["--seeds", "0", "1", "--jobs", "0"]])
+def test_jobs_below_one_get_one_line_and_exit_2(argv, tmp_path, capsys):
     code = main(["compare", *CHEAP, "--out", str(tmp_path / "c"), *argv])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert code == 2 and err.count("\n") == 1 and "--jobs must be >= 1" in err, err
     assert not (tmp_path / "c").exists()

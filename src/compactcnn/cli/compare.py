@@ -20,18 +20,17 @@ def _compare(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seed is not None:
         raise CompactCNNError("give --seed (one comparison) or --seeds (one per seed), "
                               "not both")
-    if args.jobs is not None and args.seeds is None:
-        raise CompactCNNError("--jobs runs the seeds of --seeds side by side: give --seeds")
     cfg = config_from(args)
     device = pick_device(args.device)
     methods = tuple(args.methods or DEFAULT_METHODS)
     dense = None if args.dense is None else Path(args.dense)
+    jobs = 1 if args.jobs is None else args.jobs
     if args.seeds is None:
-        result = compare(cfg, Path(args.out), methods, str(device), dense=dense)
+        result = compare(cfg, Path(args.out), methods, str(device), dense=dense, jobs=jobs)
         text = markdown(result)
     else:
         result = compare_seeds(cfg, Path(args.out), args.seeds, methods, str(device),
-                               dense=dense, jobs=1 if args.jobs is None else args.jobs)
+                               dense=dense, jobs=jobs)
         text = seeds_markdown(result)
     print(json.dumps(result, indent=2) if args.json else text)
     return 0
@@ -50,9 +49,9 @@ def add_commands(sub) -> None:
                    help="one comparison per seed (in OUT/seed-S), and a summary over them: "
                    "each method's mean and spread, and ours against it paired by seed, "
                    "called ahead or behind only where the 95%% interval excludes zero")
-    c.add_argument("--jobs", type=int, metavar="N", help="with --seeds: run N seeds at once, "
-                   "each in its own process with its share of the threads and its output in "
-                   "OUT/seed-S/log.txt (default: one at a time)")
+    c.add_argument("--jobs", type=int, metavar="N", help="train N runs at once (over all the "
+                   "seeds with --seeds), each in its own process with its share of the threads "
+                   "and its output in its folder's log.txt (default: one at a time)")
     c.add_argument("--dense", metavar="RUN_DIR", help="read the dense row back from this "
                    "finished run (another comparison's dense folder, run with the same options) "
                    "instead of training it again; with --seeds, another comparison's OUT")

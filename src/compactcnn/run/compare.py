@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -62,42 +62,88 @@ def _resolves_to(cfg: TrainConfig, name: str, default: Any) -> bool:
 
 
 def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_METHODS,
-            device: str = "cpu", dense: Path | None = None) -> dict[str, Any]:
+            device: str = "cpu", dense: Path | None = None, jobs: int = 1) -> dict[str, Any]:
     """Run (or read back) the dense baseline and every method; write compare.json/.md/.png.
 
     ``dense`` names a finished dense run to read back instead of training one in
     ``out/dense``: the same network at another budget has the same dense baseline, and on a
     CPU it is the longest row. It must have been run with this comparison's options.
+    ``jobs`` is how many runs train at once (``run/side_by_side.py``).
     """
-    if dense is not None and not (dense / REPORT).is_file():
-        raise CompactCNNError(f"--dense {dense}: no finished run there (no {REPORT})")
-    if base.target is None:
-        raise CompactCNNError("compare needs a budget: --target params=F and/or flops=F")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise CompactCNNError(f"unknown method(s) {', '.join(unknown)}; choose from: "
-                              + ", ".join(METHODS))
-    refuse_other_kind(out, over_seeds=False)
-    out.mkdir(parents=True, exist_ok=True)
-    dense_cfg = replace(base, method=None, reg="none", target=None, widths=None)
-    rows = [_row("dense", dense_cfg, dense or out / "dense", device)]
-    order = sorted(methods, key=lambda m: (m == "scratch", methods.index(m)))
-    for name in order:
-        cfg = replace(base, method=name, widths=None)
-        if name == "scratch":
-            widths = _found_widths(rows)
-            if widths is None:
-                rows.append({"method": name, "skipped": "needs one of our methods in the same "
-                                                        "comparison, to take its widths"})
-                continue
-            cfg = replace(cfg, widths=widths)
-        rows.append(_row(name, cfg, out / name, device))
-    result = {"model": base.model, "data": base.data, "target": base.target,
-              "epochs": base.epochs, "seed": base.seed, "rows": rows}
-    atomic_write(out / COMPARE_JSON, json.dumps(result, indent=2))
-    atomic_write(out / COMPARE_MD, markdown(result))
-    plot(result, out / COMPARE_PNG)
-    return result
+    from compactcnn.run.side_by_side import check_jobs, run_plans  # it imports this module
+
+    check_jobs(jobs)
+    plan = Plan(base, out, tuple(methods), dense)
+    plan.check()
+    return run_plans([plan], device, jobs)[0]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One comparison's runs: every row but ``scratch`` needs nothing else; ``scratch`` needs
+    the widths of the first of our methods, so it runs once those rows are done."""
+
+    base: TrainConfig
+    out: Path
+    methods: tuple[str, ...]
+    dense: Path | None = None
+
+    def check(self) -> None:
+        """Everything that can be refused before any training, and the folder made."""
+        if self.dense is not None and not (self.dense / REPORT).is_file():
+            raise CompactCNNError(f"--dense {self.dense}: no finished run there (no {REPORT})")
+        if self.base.target is None:
+            raise CompactCNNError("compare needs a budget: --target params=F and/or flops=F")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise CompactCNNError(f"unknown method(s) {', '.join(unknown)}; choose from: "
+                                  + ", ".join(METHODS))
+        refuse_other_kind(self.out, over_seeds=False)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def order(self) -> list[str]:
+        """The rows as the table lists them (and as one process runs them): scratch last."""
+        return ["dense", *sorted(self.methods, key=lambda m: (m == "scratch",
+                                                               self.methods.index(m)))]
+
+    def first(self) -> list[Run]:
+        """The rows that can run at once."""
+        dense_cfg = replace(self.base, method=None, reg="none", target=None, widths=None)
+        return [Run("dense", dense_cfg, self.dense or self.out / "dense")] + [
+            Run(m, replace(self.base, method=m, widths=None), self.out / m)
+            for m in self.order[1:] if m != "scratch"]
+
+    def ready_for_scratch(self, rows: dict[str, dict[str, Any]]) -> bool:
+        """Whether the rows scratch takes its widths from are all done."""
+        return "scratch" in self.methods and all(m in rows for m in self.methods if m in OURS)
+
+    def scratch(self, rows: dict[str, dict[str, Any]]) -> Run | dict[str, Any]:
+        """Scratch's run on the widths our first method found, or its skipped row."""
+        widths = _found_widths([rows[m] for m in self.order if m in rows])
+        if widths is None:
+            return {"method": "scratch", "skipped": "needs one of our methods in the same "
+                                                    "comparison, to take its widths"}
+        return Run("scratch", replace(self.base, method="scratch", widths=widths),
+                   self.out / "scratch")
+
+    def write(self, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The comparison's three files, from every row."""
+        result = {"model": self.base.model, "data": self.base.data,
+                  "target": self.base.target, "epochs": self.base.epochs,
+                  "seed": self.base.seed, "rows": [rows[m] for m in self.order]}
+        atomic_write(self.out / COMPARE_JSON, json.dumps(result, indent=2))
+        atomic_write(self.out / COMPARE_MD, markdown(result))
+        plot(result, self.out / COMPARE_PNG)
+        return result
+
+
+class Run(NamedTuple):
+    """One row's run: the method's name, its options and its folder."""
+
+    name: str
+    cfg: TrainConfig
+    folder: Path
 
 
 def refuse_other_kind(out: Path, over_seeds: bool) -> None:
@@ -117,7 +163,7 @@ def refuse_other_kind(out: Path, over_seeds: bool) -> None:
                               "seed's comparison is OUT/seed-S)")
 
 
-def _row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, Any]:
+def row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, Any]:
     """One method's figures, from its finished run or by running (or resuming) it now."""
     row: dict[str, Any] = {"method": name, "command": command(cfg, run_dir, device)}
     if (run_dir / REPORT).is_file():

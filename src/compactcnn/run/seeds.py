@@ -10,26 +10,19 @@ the seed does to both, and its mean gets a Student-t 95% interval over the seeds
 lead (or a loss) only when that interval excludes zero; otherwise the table says "level",
 however the means happen to fall.
 
-With ``jobs`` above one the seeds run side by side, each in its own process (spawned, so no
-OpenMP state is forked) with its share of the threads, and its output in ``out/seed-S/log.txt``.
-A seed there is the same run as alone: the same data, seed and options, in a folder that a
-serial ``--seeds`` run would read back unchanged.
+With ``jobs`` above one the runs of every seed share one pool of processes
+(``run/side_by_side.py``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import statistics
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from scipy import stats
 
 from compactcnn.errors import CompactCNNError
@@ -39,15 +32,15 @@ from compactcnn.run.compare import (
     COMPARE_JSON,
     COMPARE_MD,
     COMPARE_PNG,
-    compare,
+    Plan,
     refuse_other_kind,
 )
 from compactcnn.run.compare_report import seeds_markdown, seeds_plot
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.rundir import REPORT
+from compactcnn.run.side_by_side import check_jobs, run_plans
 
 CONFIDENCE = 0.95
-LOG = "log.txt"
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -60,10 +53,9 @@ def compare_seeds(base: TrainConfig, out: Path, seeds: list[int],
     """Run (or read back) the comparison once per seed, then write the summary over seeds.
 
     ``dense`` names another multi-seed comparison whose ``seed-S/dense`` runs are read back;
-    ``jobs`` is how many seeds run at once.
+    ``jobs`` is how many runs train at once, over all the seeds.
     """
-    if jobs < 1:
-        raise CompactCNNError(f"--jobs must be >= 1, got {jobs}")
+    check_jobs(jobs)
     if len(set(seeds)) != len(seeds):
         raise CompactCNNError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
     refuse_other_kind(out, over_seeds=True)
@@ -73,58 +65,16 @@ def compare_seeds(base: TrainConfig, out: Path, seeds: list[int],
             raise CompactCNNError(f"--dense {dense}: no finished seed-{missing[0]}/dense there "
                                   "(with --seeds, --dense names another comparison over the "
                                   "seeds)")
-    calls = [(replace(base, seed=s), seed_folder(out, s), methods, device,
-              None if dense is None else seed_folder(dense, s) / "dense") for s in seeds]
-    per_seed = ([compare(*c) for c in calls] if min(jobs, len(seeds)) == 1
-                else _side_by_side(calls, min(jobs, len(seeds))))
+    plans = [Plan(replace(base, seed=s), seed_folder(out, s), tuple(methods),
+                  None if dense is None else seed_folder(dense, s) / "dense") for s in seeds]
+    for plan in plans:  # every seed's refusals before any seed trains
+        plan.check()
+    per_seed = run_plans(plans, device, jobs)
     result = summarise(per_seed)
     atomic_write(out / COMPARE_JSON, json.dumps(result, indent=2))
     atomic_write(out / COMPARE_MD, seeds_markdown(result))
     seeds_plot(result, out / COMPARE_PNG)
     return result
-
-
-def _side_by_side(calls: list[tuple], jobs: int) -> list[dict[str, Any]]:
-    """Each seed's comparison in a process of its own, ``jobs`` at a time.
-
-    On the first failure no further seed starts; those running finish (their runs are saved
-    either way), then the failure is raised, naming its seed. A Ctrl-C reaches every process:
-    each stops after its batch with a checkpoint, as a single run does.
-    """
-    threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_one_seed, *call, threads): call for call in calls}
-        failure: tuple[int, Path, BaseException] | None = None
-        try:
-            for f in as_completed(futures):
-                cfg, folder = futures[f][:2]
-                if f.cancelled():
-                    continue
-                if f.exception() is None:
-                    print(f"seed {cfg.seed}: done (its output: {folder / LOG})", file=sys.stderr)
-                elif failure is None:
-                    failure = (cfg.seed, folder, f.exception())
-                    for other in futures:
-                        other.cancel()
-        except KeyboardInterrupt:
-            pool.shutdown(cancel_futures=True)
-            raise
-    if failure is not None:
-        seed, folder, error = failure
-        if isinstance(error, CompactCNNError):
-            raise CompactCNNError(f"seed {seed}: {error} (its output: {folder / LOG})"
-                                  ) from error
-        raise error
-    return [f.result() for f in futures]
-
-
-def _one_seed(cfg: TrainConfig, folder: Path, methods: tuple[str, ...], device: str,
-              dense: Path | None, threads: int) -> dict[str, Any]:
-    """One seed's comparison in a worker process, its progress written to its log."""
-    torch.set_num_threads(threads)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOG, "a") as log, redirect_stdout(log), redirect_stderr(log):
-        return compare(cfg, folder, methods, device, dense=dense)
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
