@@ -73,7 +73,7 @@ def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_MET
     from compactcnn.run.side_by_side import check_jobs, run_plans  # it imports this module
 
     check_jobs(jobs)
-    plan = Plan(base, out, tuple(methods), dense)
+    plan = Plan(base, out, tuple(dict.fromkeys(methods)), dense)  # each method once
     plan.check()
     return run_plans([plan], device, jobs)[0]
 
@@ -163,7 +163,7 @@ def refuse_other_kind(out: Path, over_seeds: bool) -> None:
                               "seed's comparison is OUT/seed-S)")
 
 
-def row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, Any]:
+def run_row(name: str, cfg: TrainConfig, run_dir: Path, device: str) -> dict[str, Any]:
     """One method's figures, from its finished run or by running (or resuming) it now."""
     row: dict[str, Any] = {"method": name, "command": command(cfg, run_dir, device)}
     if (run_dir / REPORT).is_file():

@@ -65,7 +65,7 @@ def compare_seeds(base: TrainConfig, out: Path, seeds: list[int],
             raise CompactCNNError(f"--dense {dense}: no finished seed-{missing[0]}/dense there "
                                   "(with --seeds, --dense names another comparison over the "
                                   "seeds)")
-    plans = [Plan(replace(base, seed=s), seed_folder(out, s), tuple(methods),
+    plans = [Plan(replace(base, seed=s), seed_folder(out, s), tuple(dict.fromkeys(methods)),
                   None if dense is None else seed_folder(dense, s) / "dense") for s in seeds]
     for plan in plans:  # every seed's refusals before any seed trains
         plan.check()

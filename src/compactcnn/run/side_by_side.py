@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from compactcnn.errors import CompactCNNError
-from compactcnn.run.compare import Plan, Run, row
+from compactcnn.run.compare import Plan, Run, run_row
 from compactcnn.run.rundir import REPORT
 
 LOG = "log.txt"
@@ -39,10 +39,10 @@ def check_jobs(jobs: int) -> None:
 
 
 def _one_at_a_time(plan: Plan, device: str) -> dict[str, Any]:
-    rows = {r.name: row(*r, device) for r in plan.first()}
+    rows = {r.name: run_row(*r, device) for r in plan.first()}
     if "scratch" in plan.methods:
         scratch = plan.scratch(rows)
-        rows["scratch"] = row(*scratch, device) if isinstance(scratch, Run) else scratch
+        rows["scratch"] = run_row(*scratch, device) if isinstance(scratch, Run) else scratch
     return plan.write(rows)
 
 
@@ -113,8 +113,8 @@ def _in_worker(r: Run, device: str, threads: int) -> dict[str, Any]:
     """One row in a worker process; a run that trains writes its progress to its log."""
     torch.set_num_threads(threads)
     if (r.folder / REPORT).is_file():  # read back: nothing to log, and perhaps not our folder
-        return row(*r, device)
+        return run_row(*r, device)
     r.folder.mkdir(parents=True, exist_ok=True)
     with open(r.folder / LOG, "a") as log, redirect_stdout(log), redirect_stderr(log):
-        return row(*r, device)
+        return run_row(*r, device)
 
