@@ -7,16 +7,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 table() { PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py "$@"; }
-s14=runs/s14 s18=runs/s18
+s14=runs/s14 s15=runs/s15 s18=runs/s18 s19=runs/s19
 
-# vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14)
+# vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14);
+# and seeds 3 and 4 of the baselines that had three or fewer (session 19)
 ours_and_scratch() {
-  local s suffix glr=() scratch=()
+  local s m suffix glr=() scratch=() late=()
   for s in 0 1 2 3 4; do
     suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
     glr+=("ours=$s14/vgg-$1-e4-glr$suffix") scratch+=("scratch=$s14/vgg-$1-e4-scratch-glr$suffix")
   done
-  vgg=("${glr[@]}" "${scratch[@]}")
+  for m in l1-filter evolutionary slimming filtermap; do
+    for s in 1 2 3 4; do
+      [ -f "$s19/vgg-$1-e4-$m-s$s/report.json" ] && late+=("$m=$s19/vgg-$1-e4-$m-s$s")
+    done
+  done
+  vgg=("${glr[@]}" "${scratch[@]}" "${late[@]}")
 }
 
 ours_and_scratch p10
@@ -65,3 +71,18 @@ table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2
   l1-filter=0:89.97 l1-filter=1:89.70 l1-filter=2:89.97 \
   uniform=0:89.90 uniform=1:89.44 uniform=2:89.61 filtermap=0:90.24 "${late[@]}" \
   --against ours --out benchmarks/results/verdicts-lenet5-p05-e14.md
+
+# vgg_small at 10% with 8 epochs: seeds 0 to 2 from session 15, 3 and 4 from session 19
+e8=()
+for s in 0 1 2 3 4; do
+  suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
+  d=$([ $s -lt 3 ] && echo $s15 || echo $s19)
+  e8+=("dense=$d/vgg-dense-e8$suffix" "ours=$d/vgg-p10-e8-glr$suffix"
+       "scratch=$d/vgg-p10-e8-scratch-glr$suffix")
+  if [ $s -lt 3 ]; then
+    e8+=("torch-pruning=$s15/vgg-p10-e8/torch-pruning$suffix" "uniform=$s15/vgg-p10-e8/uniform$suffix")
+  else
+    e8+=("torch-pruning=$s19/vgg-p10-e8-torch-pruning$suffix" "uniform=$s19/vgg-p10-e8-uniform$suffix")
+  fi
+done
+table "${e8[@]}" --against ours --out benchmarks/results/verdicts-vgg_small-p10-e8.md

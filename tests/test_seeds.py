@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from compactcnn.cli import main
 from compactcnn.errors import CompactCNNError
 from compactcnn.run.compare import compare
+from compactcnn.run.compare_report import answer
 from compactcnn.run.pipeline import run
 from compactcnn.run.seeds import compare_seeds, paired
 from tests.test_methods import _cfg
@@ -56,6 +57,26 @@ def test_a_verdict_is_a_lead_only_where_the_interval_excludes_zero(pairs, shift)
     assert moved["half_width"] == pytest.approx(p["half_width"], abs=1e-9)
 
 
+def _summary(verdicts: dict[str, str], seeds: int = 3, reference: str | None = "group"):
+    methods = [{"method": "group"}] + [
+        {"method": m, "vs_reference": {"verdict": v}} for m, v in verdicts.items()]
+    return {"reference": reference, "seeds": list(range(seeds)), "confidence": 0.95,
+            "methods": methods}
+
+
+def test_the_answer_sorts_every_method_by_its_verdict():
+    text = answer(_summary({"dense": "behind", "uniform": "ahead", "l1-filter": "level",
+                            "torch-pruning": "ahead", "scratch": "level"}))
+    assert text == ("**The answer**: over seeds 0, 1, 2, group is ahead of uniform and "
+                    "torch-pruning; level with l1-filter and scratch; behind dense (95% "
+                    "intervals).")
+    assert answer(_summary({"uniform": "level"})).endswith("group is level with uniform (95% "
+                                                           "intervals).")
+    assert "one seed cannot tell" in answer(_summary({"uniform": "ahead"}, seeds=1))
+    assert "no method of ours ran on every seed" in answer(_summary({}, reference=None))
+    assert "group ran alone" in answer(_summary({}))
+
+
 def test_compare_over_seeds_is_each_seeds_comparison_summed_up(tmp_path, monkeypatch):
     base = _cfg("group", model="lenet5", target="params=0.2")
     methods = ("group", "uniform", "slimming")
@@ -83,6 +104,7 @@ def test_compare_over_seeds_is_each_seeds_comparison_summed_up(tmp_path, monkeyp
     assert json.loads((tmp_path / "compare.json").read_text()) == json.loads(json.dumps(result))
     text = (tmp_path / "compare.md").read_text()
     assert text.count("\n| ") == 1 + 4 and "| group | " in text and "reference" in text
+    assert f"\n{answer(result)}\n" in text and "uniform" in answer(result)
     assert f"{100 * by['uniform']['vs_reference']['difference']:+.2f}" in text
     assert (tmp_path / "compare.png").stat().st_size > 0
     assert compare_seeds(base, tmp_path, [0, 1], methods) == result  # read back, not rerun

@@ -52,7 +52,7 @@ def seeds_markdown(result: dict[str, Any]) -> str:
              f"seed: the mean with its {conf} interval (Student t over the seeds), the seeds "
              f"{ref or 'ours'} led on, and the verdict: ahead or behind only where the interval "
              "excludes zero. Each seed's table, with the command of every row, is "
-             "`seed-S/compare.md`.", "",
+             "`seed-S/compare.md`.", "", answer(result), "",
              "| method | accuracy per seed | mean | sd | parameters | FLOPs "
              f"| {ref or 'ours'} − method | led on | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -74,6 +74,30 @@ def seeds_markdown(result: dict[str, Any]) -> str:
                       f"{vs['ahead_on']} of {vs['seeds']}", vs["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def answer(result: dict[str, Any]) -> str:
+    """The comparison's answer in one sentence: whom our method beats, ties and trails, as far
+    as the seeds can tell."""
+    ref, seeds = result["reference"], ", ".join(map(str, result["seeds"]))
+    if ref is None:
+        return "**The answer**: none, no method of ours ran on every seed."
+    if len(result["seeds"]) < 2:
+        return "**The answer**: none yet, one seed cannot tell a gap from its spread."
+    by: dict[str, list[str]] = {"ahead": [], "level": [], "behind": []}
+    for m in result["methods"]:
+        if "vs_reference" in m:
+            by[m["vs_reference"]["verdict"]].append(m["method"])
+    parts = [f"{words} {_listed(by[v])}" for v, words in
+             (("ahead", "ahead of"), ("level", "level with"), ("behind", "behind")) if by[v]]
+    if not parts:
+        return f"**The answer**: none, {ref} ran alone."
+    return (f"**The answer**: over seeds {seeds}, {ref} is {'; '.join(parts)} "
+            f"({result['confidence']:.0%} intervals).")
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def seeds_plot(result: dict[str, Any], path: Path) -> None:
