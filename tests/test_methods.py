@@ -16,6 +16,7 @@ from compactcnn.errors import CompactCNNError, ConfigMismatch
 from compactcnn.files import modelfile
 from compactcnn.methods import METHODS
 from compactcnn.run.compare import command, compare
+from compactcnn.run.compare_report import SEED_CAVEAT
 from compactcnn.run.config import TrainConfig, differences
 from compactcnn.run.pipeline import run
 from compactcnn.run.report import summary
@@ -126,8 +127,9 @@ def test_compare_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
             assert config_from(args) == TrainConfig(**row["config"]), row["method"]
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(first["rows"]))
-    rows_in_md = (tmp_path / "compare.md").read_text().count("\n| ")
-    assert rows_in_md == len(methods) + 2  # and the header and the dense row
+    text = (tmp_path / "compare.md").read_text()
+    assert text.count("\n| ") == len(methods) + 2  # and the header and the dense row
+    assert text.endswith(f"\n\n{SEED_CAVEAT}\n") and "--seeds" in SEED_CAVEAT
     assert (tmp_path / "compare.png").stat().st_size > 0
 
     ran = []

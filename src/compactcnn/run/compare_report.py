@@ -8,6 +8,11 @@ from typing import Any
 
 from compactcnn.files.atomic import atomic_write
 
+# One run moves by about 0.3 points with the seed on Fashion-MNIST: as much as most gaps here.
+SEED_CAVEAT = ("One seed: a gap of a few tenths of a point may be the seed's alone. "
+               "`--seeds 0 1 2 3 4` runs the comparison on each seed and says which gaps are "
+               "real.")
+
 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
@@ -28,6 +33,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['flops']:,} ({r['flops'] / r['dense_flops']:.1%}) | {r['memory_bytes']:,} | "
             f"{r['latency_ms']:.3f} | {r['train_seconds']:.0f} | "
             f"{'-'.join(str(v) for v in r['widths'].values())} | `{r['command']}` |")
+    lines += ["", SEED_CAVEAT]
     return "\n".join(lines) + "\n"
 
 
