@@ -21,7 +21,7 @@ COMMANDS = (inspect, training, compare, modelfiles, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="compactcnn", description=__doc__.splitlines()[0])
+    parser = Parser(prog="compactcnn", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS:
         module.add_commands(sub)
