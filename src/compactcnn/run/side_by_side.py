@@ -96,10 +96,13 @@ def _side_by_side(plans: list[Plan], device: str, jobs: int) -> list[dict[str, A
     if failure is not None:
         r, error = failure
         if isinstance(error, CompactCNNError):
-            raise CompactCNNError(f"{r.folder}: {error} (its output: {r.folder / LOG})"
+            log = r.folder / LOG
+            raise CompactCNNError(f"{r.folder}: {error}"
+                                  + (f" (its output: {log})" if log.is_file() else "")
                                   ) from error
         raise error
-    return [r for r in results if r is not None]
+    assert None not in results, "a comparison's rows never all ran"
+    return results  # type: ignore[return-value]
 
 
 def _outcome(result: dict[str, Any]) -> str:
