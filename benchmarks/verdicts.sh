@@ -10,7 +10,8 @@ table() { PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py "$@"; }
 s14=runs/s14 s15=runs/s15 s18=runs/s18 s19=runs/s19
 
 # vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14);
-# and seeds 3 and 4 of the baselines that had three or fewer (session 19)
+# and the seeds of session 19 (baselines that had three or fewer, dense's 3 and 4) that have
+# finished on this machine
 ours_and_scratch() {
   local s m suffix glr=() scratch=() late=()
   for s in 0 1 2 3 4; do
@@ -21,6 +22,9 @@ ours_and_scratch() {
     for s in 1 2 3 4; do
       [ -f "$s19/vgg-$1-e4-$m-s$s/report.json" ] && late+=("$m=$s19/vgg-$1-e4-$m-s$s")
     done
+  done
+  for s in 3 4; do
+    [ -f "$s19/vgg-dense-e4-s$s/report.json" ] && late+=("dense=$s19/vgg-dense-e4-s$s")
   done
   vgg=("${glr[@]}" "${scratch[@]}" "${late[@]}")
 }
