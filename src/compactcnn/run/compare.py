@@ -89,7 +89,7 @@ class Plan:
     dense: Path | None = None
 
     def check(self) -> None:
-        """Everything that can be refused before any training, and the folder made."""
+        """Everything that can be refused, before anything is written."""
         if self.dense is not None and not (self.dense / REPORT).is_file():
             raise CompactCNNError(f"--dense {self.dense}: no finished run there (no {REPORT})")
         if self.base.target is None:
@@ -99,7 +99,6 @@ class Plan:
             raise CompactCNNError(f"unknown method(s) {', '.join(unknown)}; choose from: "
                                   + ", ".join(METHODS))
         refuse_other_kind(self.out, over_seeds=False)
-        self.out.mkdir(parents=True, exist_ok=True)
 
     @property
     def order(self) -> list[str]:
@@ -132,6 +131,7 @@ class Plan:
         result = {"model": self.base.model, "data": self.base.data,
                   "target": self.base.target, "epochs": self.base.epochs,
                   "seed": self.base.seed, "rows": [rows[m] for m in self.order]}
+        self.out.mkdir(parents=True, exist_ok=True)  # its runs may all have been elsewhere
         atomic_write(self.out / COMPARE_JSON, json.dumps(result, indent=2))
         atomic_write(self.out / COMPARE_MD, markdown(result))
         plot(result, self.out / COMPARE_PNG)
