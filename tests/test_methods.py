@@ -15,7 +15,7 @@ from compactcnn.cli import build_parser, main
 from compactcnn.errors import CompactCNNError, ConfigMismatch
 from compactcnn.files import modelfile
 from compactcnn.methods import METHODS
-from compactcnn.run.compare import command, compare
+from compactcnn.run.compare import Plan, command, compare
 from compactcnn.run.compare_report import SEED_CAVEAT
 from compactcnn.run.config import TrainConfig, differences
 from compactcnn.run.pipeline import run
@@ -342,3 +342,9 @@ def test_label_smoothing_shapes_the_loss_of_every_phase(tmp_path, monkeypatch):
     assert all(torch.equal(loss_fn(logits, labels), smoothed) for loss_fn in losses)
     with pytest.raises(CompactCNNError, match=r"label_smoothing must be in \[0, 1\), got 1"):
         TrainConfig(label_smoothing=1.0)
+
+
+def test_a_method_given_twice_is_one_row(tmp_path):
+    plan = Plan(_cfg("group", model="lenet5"), tmp_path, ("uniform", "group", "uniform"))
+    assert plan.methods == ("uniform", "group")
+    assert [r.name for r in plan.first()] == ["dense", "uniform", "group"]

@@ -70,10 +70,9 @@ def compare(base: TrainConfig, out: Path, methods: tuple[str, ...] = DEFAULT_MET
     CPU it is the longest row. It must have been run with this comparison's options.
     ``jobs`` is how many runs train at once (``run/side_by_side.py``).
     """
-    from compactcnn.run.side_by_side import check_jobs, run_plans  # it imports this module
+    from compactcnn.run.side_by_side import run_plans  # it imports this module
 
-    check_jobs(jobs)
-    plan = Plan(base, out, tuple(dict.fromkeys(methods)), dense)  # each method once
+    plan = Plan(base, out, methods, dense)
     plan.check()
     return run_plans([plan], device, jobs)[0]
 
@@ -87,6 +86,9 @@ class Plan:
     out: Path
     methods: tuple[str, ...]
     dense: Path | None = None
+
+    def __post_init__(self) -> None:  # each method once, in the order given
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
 
     def check(self) -> None:
         """Everything that can be refused, before anything is written."""

@@ -38,7 +38,7 @@ from compactcnn.run.compare import (
 from compactcnn.run.compare_report import seeds_markdown, seeds_plot
 from compactcnn.run.config import TrainConfig
 from compactcnn.run.rundir import REPORT
-from compactcnn.run.side_by_side import check_jobs, run_plans
+from compactcnn.run.side_by_side import run_plans
 
 CONFIDENCE = 0.95
 
@@ -55,7 +55,6 @@ def compare_seeds(base: TrainConfig, out: Path, seeds: list[int],
     ``dense`` names another multi-seed comparison whose ``seed-S/dense`` runs are read back;
     ``jobs`` is how many runs train at once, over all the seeds.
     """
-    check_jobs(jobs)
     if len(set(seeds)) != len(seeds):
         raise CompactCNNError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
     refuse_other_kind(out, over_seeds=True)
@@ -65,7 +64,7 @@ def compare_seeds(base: TrainConfig, out: Path, seeds: list[int],
             raise CompactCNNError(f"--dense {dense}: no finished seed-{missing[0]}/dense there "
                                   "(with --seeds, --dense names another comparison over the "
                                   "seeds)")
-    plans = [Plan(replace(base, seed=s), seed_folder(out, s), tuple(dict.fromkeys(methods)),
+    plans = [Plan(replace(base, seed=s), seed_folder(out, s), methods,
                   None if dense is None else seed_folder(dense, s) / "dense") for s in seeds]
     for plan in plans:  # every seed's refusals before any seed trains
         plan.check()

@@ -27,15 +27,15 @@ LOG = "log.txt"
 
 
 def run_plans(plans: list[Plan], device: str, jobs: int = 1) -> list[dict[str, Any]]:
-    """Every plan's comparison (each written to its folder as it completes), in plan order."""
+    """Every plan's comparison (each written to its folder as it completes), in plan order.
+
+    The plans must have passed their checks: a refused ``jobs`` then leaves nothing written.
+    """
+    if jobs < 1:
+        raise CompactCNNError(f"--jobs must be >= 1, got {jobs}")
     if jobs == 1:
         return [_one_at_a_time(plan, device) for plan in plans]
     return _side_by_side(plans, device, jobs)
-
-
-def check_jobs(jobs: int) -> None:
-    if jobs < 1:
-        raise CompactCNNError(f"--jobs must be >= 1, got {jobs}")
 
 
 def _one_at_a_time(plan: Plan, device: str) -> dict[str, Any]:
@@ -53,6 +53,7 @@ def _side_by_side(plans: list[Plan], device: str, jobs: int) -> list[dict[str, A
     threads = max(1, torch.get_num_threads() // jobs)
     rows: list[dict[str, dict[str, Any]]] = [{} for _ in plans]
     results: list[dict[str, Any] | None] = [None] * len(plans)
+    scratch_started: set[int] = set()  # the plans whose scratch row is running or settled
     failure: tuple[Run, BaseException] | None = None
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: dict[Future, tuple[int, Run]] = {}
@@ -81,8 +82,8 @@ def _side_by_side(plans: list[Plan], device: str, jobs: int) -> list[dict[str, A
                     if failure is not None:
                         continue
                     plan = plans[i]
-                    if "scratch" not in rows[i] and plan.ready_for_scratch(rows[i]) and not any(
-                            j == i and q.name == "scratch" for j, q in pending.values()):
+                    if i not in scratch_started and plan.ready_for_scratch(rows[i]):
+                        scratch_started.add(i)
                         scratch = plan.scratch(rows[i])
                         if isinstance(scratch, Run):
                             start(i, scratch)
