@@ -7,16 +7,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 table() { PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py "$@"; }
+# how the older run folders name a seed: nothing for seed 0, "-sS" otherwise
+suffix() { [ "$1" = 0 ] || echo "-s$1"; }
 s14=runs/s14 s15=runs/s15 s18=runs/s18 s19=runs/s19
 
 # vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14);
 # and the seeds of session 19 (baselines that had three or fewer, dense's 3 and 4) that have
 # finished on this machine
 ours_and_scratch() {
-  local s m suffix glr=() scratch=() late=()
+  local s m glr=() scratch=() late=()
   for s in 0 1 2 3 4; do
-    suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
-    glr+=("ours=$s14/vgg-$1-e4-glr$suffix") scratch+=("scratch=$s14/vgg-$1-e4-scratch-glr$suffix")
+    glr+=("ours=$s14/vgg-$1-e4-glr$(suffix $s)")
+    scratch+=("scratch=$s14/vgg-$1-e4-scratch-glr$(suffix $s)")
   done
   for m in l1-filter evolutionary slimming filtermap; do
     for s in 1 2 3 4; do
@@ -79,14 +81,14 @@ table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2
 # vgg_small at 10% with 8 epochs: seeds 0 to 2 from session 15, 3 and 4 from session 19
 e8=()
 for s in 0 1 2 3 4; do
-  suffix=$([ $s = 0 ] && echo "" || echo "-s$s")
+  sx=$(suffix $s)
   d=$([ $s -lt 3 ] && echo $s15 || echo $s19)
-  e8+=("dense=$d/vgg-dense-e8$suffix" "ours=$d/vgg-p10-e8-glr$suffix"
-       "scratch=$d/vgg-p10-e8-scratch-glr$suffix")
+  e8+=("dense=$d/vgg-dense-e8$sx" "ours=$d/vgg-p10-e8-glr$sx"
+       "scratch=$d/vgg-p10-e8-scratch-glr$sx")
   if [ $s -lt 3 ]; then
-    e8+=("torch-pruning=$s15/vgg-p10-e8/torch-pruning$suffix" "uniform=$s15/vgg-p10-e8/uniform$suffix")
+    e8+=("torch-pruning=$s15/vgg-p10-e8/torch-pruning$sx" "uniform=$s15/vgg-p10-e8/uniform$sx")
   else
-    e8+=("torch-pruning=$s19/vgg-p10-e8-torch-pruning$suffix" "uniform=$s19/vgg-p10-e8-uniform$suffix")
+    e8+=("torch-pruning=$s19/vgg-p10-e8-torch-pruning$sx" "uniform=$s19/vgg-p10-e8-uniform$sx")
   fi
 done
 table "${e8[@]}" --against ours --out benchmarks/results/verdicts-vgg_small-p10-e8.md
