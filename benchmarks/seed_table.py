@@ -9,9 +9,15 @@ adds that label's runs minus each other label's, paired by seed, with the verdic
 ``compactcnn compare --seeds`` (``compactcnn.run.seeds.paired``), for runs that compare did
 not make.
 
+Run folders are not committed (each holds its checkpoints), so a table made from them could be
+remade only on the machine that trained them. ``--record`` keeps what the table reads of each
+folder (seed, accuracy, size, widths, machine and the run's options) in
+``benchmarks/results/run-records.jsonl``, which is committed; a folder that is not on this
+machine is read from there, so a clean clone remakes the same table.
+
     PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py \\
         group=runs/a/group group=runs/b/group torch-pruning=runs/a/torch-pruning ... \\
-        [--against group] [--out benchmarks/results/seeds.md]
+        [--against group] [--record] [--out benchmarks/results/seeds.md]
 """
 
 from __future__ import annotations
@@ -25,15 +31,38 @@ from pathlib import Path
 from compactcnn.files.atomic import atomic_write
 from compactcnn.run.seeds import CONFIDENCE, paired
 
+LEDGER = Path(__file__).parent / "results" / "run-records.jsonl"
+# the options that tell a reader which command made a record
+_OPTIONS = ("model", "data", "method", "reg", "target", "balance", "epochs", "prune_fraction",
+            "seed")
 
-def read(run: Path) -> dict:
+
+def read(run: Path, ledger: dict[str, dict]) -> dict:
+    """The run's row: from its folder where it is on this machine, else from the ledger."""
+    if not (run / "report.json").is_file():
+        if str(run) not in ledger:
+            raise FileNotFoundError(f"{run}: no report.json here and no record of it in {LEDGER}")
+        return ledger[str(run)]
     report = json.loads((run / "report.json").read_text())
     dense, compact = report["dense"], report["compact"]
     return {"seed": report["seed"], "accuracy": 100 * report["accuracy"],
             "params": compact["params"] / dense["params"],
             "flops": compact["flops"] / dense["flops"],
             "widths": "-".join(str(layer["neurons_after"]) for layer in report["layers"]),
-            "run": str(run), "machine": _machine(report.get("machine"))}
+            "run": str(run), "machine": _machine(report.get("machine")),
+            "options": {key: report.get(key) for key in _OPTIONS}}
+
+
+def load_ledger(path: Path = LEDGER) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    records = (json.loads(line) for line in path.read_text().splitlines() if line)
+    return {record["run"]: record for record in records}
+
+
+def save_ledger(ledger: dict[str, dict], path: Path = LEDGER) -> None:
+    lines = (json.dumps(ledger[run], sort_keys=True) for run in sorted(ledger))
+    atomic_write(path, "".join(line + "\n" for line in lines))
 
 
 def recorded(text: str) -> dict:
@@ -90,15 +119,26 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR|LABEL=SEED:ACCURACY")
     parser.add_argument("--against", metavar="LABEL",
                         help="pair every other label's runs with this one's, seed by seed")
+    parser.add_argument("--record", action="store_true",
+                        help=f"keep each run folder read here in {LEDGER.name}")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    ledger = load_ledger()
     runs: dict[str, list[dict]] = {}
     for arg in args.runs:
         label, _, path = arg.partition("=")
         if not path:
             parser.error(f"expected LABEL=RUN_DIR or LABEL=SEED:ACCURACY, got {arg!r}")
         is_figure = re.fullmatch(r"\d+:\d+(\.\d*)?", path)
-        runs.setdefault(label, []).append(recorded(path) if is_figure else read(Path(path)))
+        try:
+            row = recorded(path) if is_figure else read(Path(path), ledger)
+        except FileNotFoundError as missing:
+            parser.error(str(missing))
+        if args.record and not is_figure:
+            ledger[row["run"]] = row
+        runs.setdefault(label, []).append(row)
+    if args.record:
+        save_ledger(ledger)
     for rows in runs.values():
         rows.sort(key=lambda r: r["seed"])
     if args.against is not None and args.against not in runs:

@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
 # The paired verdicts beside the README's glance table: benchmarks/seed_table.py --against the
 # defaults, over the runs of each column. lenet5 at 10% has its own five-seed comparison
-# (compactcnn compare --seeds, session 18); these are the other three columns. A run still on
-# this machine is named by its folder; one whose folder is gone (sessions 7 to 13) by the
-# figure the README's tables and results files recorded for it, SEED:ACCURACY.
+# (compactcnn compare --seeds, session 18); these are the other four columns. A run since
+# session 14 is named by its folder, read from the folder where it is on this machine and from
+# benchmarks/results/run-records.jsonl where it is not (--record keeps the record of each
+# folder read); one from sessions 7 to 13, whose folder is gone, by the figure the README's
+# tables and results files recorded for it, SEED:ACCURACY.
+#   benchmarks/verdicts.sh [OUT_DIR]    (default benchmarks/results; PYTHON picks the python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table() { PYTHONPATH=src .venv/bin/python benchmarks/seed_table.py "$@"; }
+out=${1:-benchmarks/results}
+mkdir -p "$out"
+table() { PYTHONPATH=src "${PYTHON:-.venv/bin/python}" benchmarks/seed_table.py --record "$@"; }
 # how the older run folders name a seed: nothing for seed 0, "-sS" otherwise
 suffix() { [ "$1" = 0 ] || echo "-s$1"; }
 s14=runs/s14 s15=runs/s15 s18=runs/s18 s19=runs/s19
 
-# vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14);
-# and the seeds of session 19 (baselines that had three or fewer, dense's 3 and 4) that have
-# finished on this machine
+# the seeds that later sessions added to a vgg_small column at 4 epochs, as METHOD:SEED
+added() {
+  case $1 in
+    p10) echo "s19 l1-filter:3 l1-filter:4 evolutionary:3 evolutionary:4 slimming:2 filtermap:1"
+         echo "s19 filtermap:2" ;;
+    p05) echo "s19 l1-filter:3 l1-filter:4 slimming:2 filtermap:1 filtermap:2" ;;
+  esac
+}
+
+# vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14),
+# and the seeds that sessions 19 and 20 added
 ours_and_scratch() {
-  local s m glr=() scratch=() late=()
+  local s session run glr=() scratch=() late=()
   for s in 0 1 2 3 4; do
     glr+=("ours=$s14/vgg-$1-e4-glr$(suffix $s)")
     scratch+=("scratch=$s14/vgg-$1-e4-scratch-glr$(suffix $s)")
   done
-  for m in l1-filter evolutionary slimming filtermap; do
-    for s in 1 2 3 4; do
-      [ -f "$s19/vgg-$1-e4-$m-s$s/report.json" ] && late+=("$m=$s19/vgg-$1-e4-$m-s$s")
+  while read -r session runs; do
+    for run in $runs; do
+      late+=("${run%%:*}=runs/$session/vgg-$1-e4-${run%%:*}-s${run##*:}")
     done
-  done
-  for s in 3 4; do
-    [ -f "$s19/vgg-dense-e4-s$s/report.json" ] && late+=("dense=$s19/vgg-dense-e4-s$s")
-  done
+  done < <(added "$1")
   vgg=("${glr[@]}" "${scratch[@]}" "${late[@]}")
 }
 
@@ -43,7 +53,7 @@ table "${vgg[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   evolutionary=0:91.90 evolutionary=$s14/vgg-p10-e4/evolutionary-s1 \
   evolutionary=$s14/vgg-p10-e4/evolutionary-s2 \
   slimming=0:91.66 slimming=$s14/vgg-p10-e4/slimming-s1 filtermap=$s14/vgg-p10-e4/filtermap \
-  --against ours --out benchmarks/results/verdicts-vgg_small-p10-e4.md
+  --against ours --out "$out"/verdicts-vgg_small-p10-e4.md
 
 ours_and_scratch p05
 table "${vgg[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
@@ -57,7 +67,7 @@ table "${vgg[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   evolutionary=0:91.45 evolutionary=$s14/vgg-p05-e4/evolutionary-s1 \
   evolutionary=$s14/vgg-p05-e4/evolutionary-s2 \
   slimming=0:90.71 slimming=$s14/vgg-p05-e4/slimming-s1 filtermap=$s14/vgg-p05-e4/filtermap \
-  --against ours --out benchmarks/results/verdicts-vgg_small-p05-e4.md
+  --against ours --out "$out"/verdicts-vgg_small-p05-e4.md
 
 # lenet5 at 5%: seeds 0 to 2 from sessions 10 to 12 (the README's table under "lenet5 at 10%
 # and 5%"); seeds 3 and 4 of every method from session 18's comparisons
@@ -76,7 +86,7 @@ table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2
   scratch=0:90.33 scratch=1:90.47 scratch=2:90.63 \
   l1-filter=0:89.97 l1-filter=1:89.70 l1-filter=2:89.97 \
   uniform=0:89.90 uniform=1:89.44 uniform=2:89.61 filtermap=0:90.24 "${late[@]}" \
-  --against ours --out benchmarks/results/verdicts-lenet5-p05-e14.md
+  --against ours --out "$out"/verdicts-lenet5-p05-e14.md
 
 # vgg_small at 10% with 8 epochs: seeds 0 to 2 from session 15, 3 and 4 from session 19
 e8=()
@@ -91,4 +101,4 @@ for s in 0 1 2 3 4; do
     e8+=("torch-pruning=$s19/vgg-p10-e8-torch-pruning$sx" "uniform=$s19/vgg-p10-e8-uniform$sx")
   fi
 done
-table "${e8[@]}" --against ours --out benchmarks/results/verdicts-vgg_small-p10-e8.md
+table "${e8[@]}" --against ours --out "$out"/verdicts-vgg_small-p10-e8.md
