@@ -21,12 +21,15 @@ added() {
   case $1 in
     p10) echo "s19 l1-filter:3 l1-filter:4 evolutionary:3 evolutionary:4 slimming:2 filtermap:1"
          echo "s19 filtermap:2" ;;
-    p05) echo "s19 l1-filter:3 l1-filter:4 slimming:2 filtermap:1 filtermap:2" ;;
+    p05) echo "s19 l1-filter:3 l1-filter:4 slimming:2 filtermap:1 filtermap:2"
+         echo "s20 evolutionary:3 evolutionary:4 group-sqrt-cost:2" ;;
   esac
+  echo "s20 group:3 group:4 group-sqrt-cost:3 group-sqrt-cost:4 slimming:3 slimming:4"
+  echo "s20 filtermap:3 filtermap:4"
 }
 
 # vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14),
-# and the seeds that sessions 19 and 20 added
+# and the seeds that sessions 19 and 20 added (dense's 3 and 4 in session 20)
 ours_and_scratch() {
   local s session run glr=() scratch=() late=()
   for s in 0 1 2 3 4; do
@@ -38,6 +41,7 @@ ours_and_scratch() {
       late+=("${run%%:*}=runs/$session/vgg-$1-e4-${run%%:*}-s${run##*:}")
     done
   done < <(added "$1")
+  for s in 3 4; do late+=("dense=runs/s20/vgg-dense-e4-s$s"); done
   vgg=("${glr[@]}" "${scratch[@]}" "${late[@]}")
 }
 
@@ -70,7 +74,8 @@ table "${vgg[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
   --against ours --out "$out"/verdicts-vgg_small-p05-e4.md
 
 # lenet5 at 5%: seeds 0 to 2 from sessions 10 to 12 (the README's table under "lenet5 at 10%
-# and 5%"); seeds 3 and 4 of every method from session 18's comparisons
+# and 5%"); seeds 3 and 4 of every method from session 18's comparisons; the filter map's seeds 1
+# and 2 from session 20
 p05=$s18/cmp-lenet5-p05 p10=$s18/cmp-lenet5-p10
 late=()
 for s in 3 4; do
@@ -79,6 +84,7 @@ for s in 3 4; do
     late+=("$([ $m = group+low-rank ] && echo ours || echo $m)=$p05/seed-$s/$m")
   done
 done
+late+=("filtermap=runs/s20/lenet5-p05-e14-filtermap-s1" "filtermap=runs/s20/lenet5-p05-e14-filtermap-s2")
 table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2:91.77 \
   evolutionary=0:90.39 evolutionary=1:90.33 evolutionary=2:90.20 \
   group=0:90.33 group=1:90.13 group=2:90.46 \
