@@ -75,7 +75,7 @@ table "${vgg[@]}" dense=0:93.02 dense=1:93.02 dense=2:93.27 \
 
 # lenet5 at 5%: seeds 0 to 2 from sessions 10 to 12 (the README's table under "lenet5 at 10%
 # and 5%"); seeds 3 and 4 of every method from session 18's comparisons; the filter map's seeds 1
-# and 2 from session 20
+# and 2 and the group term's 3 and 4 from session 20
 p05=$s18/cmp-lenet5-p05 p10=$s18/cmp-lenet5-p10
 late=()
 for s in 3 4; do
@@ -84,7 +84,8 @@ for s in 3 4; do
     late+=("$([ $m = group+low-rank ] && echo ours || echo $m)=$p05/seed-$s/$m")
   done
 done
-late+=("filtermap=runs/s20/lenet5-p05-e14-filtermap-s1" "filtermap=runs/s20/lenet5-p05-e14-filtermap-s2")
+late+=("filtermap=runs/s20/lenet5-p05-e14-filtermap-s1" "filtermap=runs/s20/lenet5-p05-e14-filtermap-s2"
+       "group=runs/s20/lenet5-p05-e14-group-s3" "group=runs/s20/lenet5-p05-e14-group-s4")
 table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2:91.77 \
   evolutionary=0:90.39 evolutionary=1:90.33 evolutionary=2:90.20 \
   group=0:90.33 group=1:90.13 group=2:90.46 \
