@@ -31,7 +31,7 @@ added() {
 # vgg_small at budget $1 (p10, p05): ours and its widths from scratch, five seeds (session 14),
 # and the seeds that sessions 19 and 20 added (dense's 3 and 4 in session 20)
 ours_and_scratch() {
-  local s session run glr=() scratch=() late=()
+  local s session run runs glr=() scratch=() late=()
   for s in 0 1 2 3 4; do
     glr+=("ours=$s14/vgg-$1-e4-glr$(suffix $s)")
     scratch+=("scratch=$s14/vgg-$1-e4-scratch-glr$(suffix $s)")
@@ -109,3 +109,16 @@ for s in 0 1 2 3 4; do
   fi
 done
 table "${e8[@]}" --against ours --out "$out"/verdicts-vgg_small-p10-e8.md
+
+# vgg_small at 5% with 8 epochs: seeds 0 and 1 from session 15, seed 2 from session 20
+e8=()
+for s in 0 1 2; do
+  sx=$(suffix $s)
+  e8+=("dense=$s15/vgg-dense-e8$sx")
+  if [ $s -lt 2 ]; then
+    e8+=("ours=$s15/vgg-p05-e8-glr$sx" "torch-pruning=$s15/vgg-p05-e8/torch-pruning$sx")
+  else
+    e8+=("ours=runs/s20/vgg-p05-e8-glr$sx" "torch-pruning=runs/s20/vgg-p05-e8-torch-pruning$sx")
+  fi
+done
+table "${e8[@]}" --against ours --out "$out"/verdicts-vgg_small-p05-e8.md
