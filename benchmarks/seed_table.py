@@ -38,11 +38,15 @@ _OPTIONS = ("model", "data", "method", "reg", "target", "balance", "epochs", "pr
 
 
 def read(run: Path, ledger: dict[str, dict]) -> dict:
-    """The run's row: from its folder where it is on this machine, else from the ledger."""
-    if not (run / "report.json").is_file():
+    """The run's row: from its folder where it is on this machine, else from the ledger. A
+    folder without its report is a run not finished (or started again): its old record would
+    be stale, so it is refused rather than read from the ledger."""
+    if not run.exists():
         if str(run) not in ledger:
-            raise FileNotFoundError(f"{run}: no report.json here and no record of it in {LEDGER}")
+            raise FileNotFoundError(f"{run}: no such run here and no record of it in {LEDGER}")
         return ledger[str(run)]
+    if not (run / "report.json").is_file():
+        raise FileNotFoundError(f"{run}: no report.json: the run has not finished")
     report = json.loads((run / "report.json").read_text())
     dense, compact = report["dense"], report["compact"]
     return {"seed": report["seed"], "accuracy": 100 * report["accuracy"],

@@ -52,7 +52,7 @@ def test_a_run_neither_here_nor_recorded_is_refused_in_one_line(tmp_path):
     done = _seed_table(root, "ours=runs/nowhere/ours", "ours=0:91.0")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith(
-        "runs/nowhere/ours: no report.json here and no record of it in "
+        "runs/nowhere/ours: no such run here and no record of it in "
         f"{root / 'benchmarks/results/run-records.jsonl'}")
     assert "Traceback" not in done.stderr
 
@@ -82,6 +82,12 @@ def test_a_recorded_run_reads_back_as_its_folder_did(tmp_path):
     assert from_records.stdout == from_folders.stdout
     assert "| u | 0, 1 | 90.13, 89.87 | 90.00 |" in from_records.stdout
     assert "9.7%, 9.7% | 8.3%, 8.3% | 3-10, 3-10 |" in from_records.stdout
+    # a run started again in its folder is not read from its old record
+    (root / "runs/t/u-s1").mkdir(parents=True)
+    restarted = _seed_table(root, *args)
+    assert restarted.returncode == 2
+    assert restarted.stderr.strip().splitlines()[-1].endswith(
+        "runs/t/u-s1: no report.json: the run has not finished")
 
 
 def test_every_record_names_the_options_of_its_command():
