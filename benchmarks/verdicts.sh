@@ -14,7 +14,7 @@ mkdir -p "$out"
 table() { PYTHONPATH=src "${PYTHON:-.venv/bin/python}" benchmarks/seed_table.py --record "$@"; }
 # how the older run folders name a seed: nothing for seed 0, "-sS" otherwise
 suffix() { [ "$1" = 0 ] || echo "-s$1"; }
-s14=runs/s14 s15=runs/s15 s18=runs/s18 s19=runs/s19
+s14=runs/s14 s18=runs/s18
 
 # the seeds that later sessions added to a vgg_small column at 4 epochs, as METHOD:SEED
 added() {
@@ -95,30 +95,30 @@ table ours=0:90.63 ours=1:90.64 ours=2:90.60 dense=0:91.79 dense=1:91.47 dense=2
   uniform=0:89.90 uniform=1:89.44 uniform=2:89.61 filtermap=0:90.24 "${late[@]}" \
   --against ours --out "$out"/verdicts-lenet5-p05-e14.md
 
+# one seed's runs at 8 epochs into e8: BUDGET SEED SESSION DENSE_SESSION METHOD...; ours and
+# its widths from scratch are named alike in every session, session 15 kept the baselines in one
+# folder per budget (vgg-P-e8/M-sS), later sessions beside the others (vgg-P-e8-M-sS)
+e8_seed() {
+  local sx m; sx=$(suffix "$2")
+  e8+=("dense=runs/$4/vgg-dense-e8$sx" "ours=runs/$3/vgg-$1-e8-glr$sx")
+  for m in "${@:5}"; do
+    case $m:$3 in
+      scratch:*) e8+=("scratch=runs/$3/vgg-$1-e8-scratch-glr$sx") ;;
+      *:s15) e8+=("$m=runs/s15/vgg-$1-e8/$m$sx") ;;
+      *) e8+=("$m=runs/$3/vgg-$1-e8-$m$sx") ;;
+    esac
+  done
+}
+
 # vgg_small at 10% with 8 epochs: seeds 0 to 2 from session 15, 3 and 4 from session 19
 e8=()
-for s in 0 1 2 3 4; do
-  sx=$(suffix $s)
-  d=$([ $s -lt 3 ] && echo $s15 || echo $s19)
-  e8+=("dense=$d/vgg-dense-e8$sx" "ours=$d/vgg-p10-e8-glr$sx"
-       "scratch=$d/vgg-p10-e8-scratch-glr$sx")
-  if [ $s -lt 3 ]; then
-    e8+=("torch-pruning=$s15/vgg-p10-e8/torch-pruning$sx" "uniform=$s15/vgg-p10-e8/uniform$sx")
-  else
-    e8+=("torch-pruning=$s19/vgg-p10-e8-torch-pruning$sx" "uniform=$s19/vgg-p10-e8-uniform$sx")
-  fi
-done
+for s in 0 1 2; do e8_seed p10 $s s15 s15 scratch torch-pruning uniform; done
+for s in 3 4; do e8_seed p10 $s s19 s19 scratch torch-pruning uniform; done
 table "${e8[@]}" --against ours --out "$out"/verdicts-vgg_small-p10-e8.md
 
-# vgg_small at 5% with 8 epochs: seeds 0 and 1 from session 15, seed 2 from session 20
+# vgg_small at 5% with 8 epochs: seeds 0 and 1 from session 15, seed 2 from session 20 (dense's
+# seed 2 from session 15)
 e8=()
-for s in 0 1 2; do
-  sx=$(suffix $s)
-  e8+=("dense=$s15/vgg-dense-e8$sx")
-  if [ $s -lt 2 ]; then
-    e8+=("ours=$s15/vgg-p05-e8-glr$sx" "torch-pruning=$s15/vgg-p05-e8/torch-pruning$sx")
-  else
-    e8+=("ours=runs/s20/vgg-p05-e8-glr$sx" "torch-pruning=runs/s20/vgg-p05-e8-torch-pruning$sx")
-  fi
-done
+for s in 0 1; do e8_seed p05 $s s15 s15 torch-pruning; done
+e8_seed p05 2 s20 s15 torch-pruning
 table "${e8[@]}" --against ours --out "$out"/verdicts-vgg_small-p05-e8.md
