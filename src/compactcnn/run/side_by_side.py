@@ -48,7 +48,8 @@ def _one_at_a_time(plan: Plan, device: str) -> dict[str, Any]:
 
 def _side_by_side(plans: list[Plan], device: str, jobs: int) -> list[dict[str, Any]]:
     """On the first failure nothing further starts; the runs under way finish (each is saved
-    either way), then the failure is raised, naming its run. A Ctrl-C reaches every process:
+    either way, and a plan whose last row was among them is written), then the failure is
+    raised, naming its run. A Ctrl-C reaches every process:
     each run stops after its batch with a checkpoint, as a single run does."""
     threads = max(1, torch.get_num_threads() // jobs)
     rows: list[dict[str, dict[str, Any]]] = [{} for _ in plans]
@@ -79,10 +80,9 @@ def _side_by_side(plans: list[Plan], device: str, jobs: int) -> list[dict[str, A
                         continue
                     rows[i][r.name] = f.result()
                     print(f"{r.folder}: {_outcome(f.result())}", file=sys.stderr)
-                    if failure is not None:
-                        continue
                     plan = plans[i]
-                    if i not in scratch_started and plan.ready_for_scratch(rows[i]):
+                    if failure is None and i not in scratch_started and \
+                            plan.ready_for_scratch(rows[i]):
                         scratch_started.add(i)
                         scratch = plan.scratch(rows[i])
                         if isinstance(scratch, Run):
